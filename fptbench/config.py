@@ -1,0 +1,442 @@
+"""Experiment configuration: one schema, YAML files with ``_base_`` inheritance, ``--set`` overrides.
+
+A config is a nested plain dict, ``{section: {key: value}}`` plus top-level keys such as
+``seed``; it is JSON-serialisable and hashed by :func:`config_hash`. Every key, its default,
+type, allowed values and meaning are declared once, in :data:`SCHEMA`; adding a key is adding
+one line there.
+
+Loading ``load_config("maskrcnn_r50_fpt", [("fpt.st", "false")])``:
+
+1. start from the schema defaults;
+2. apply the file's ``_base_`` chain (bases first, each resolved relative to the file that
+   names it), then the file itself: later values win;
+3. apply the overrides in order, each value parsed with ``yaml.safe_load``;
+4. check types, choices, ranges and the cross-key rules (:func:`check_config`).
+
+Every problem raises :class:`ConfigError` with a one-line message that names the file, the
+key or value, and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+__all__ = [
+    "CONFIG_DIR",
+    "FPT_CHANNELS",
+    "SCHEMA",
+    "ConfigError",
+    "Key",
+    "available_configs",
+    "check_config",
+    "config_hash",
+    "default_config",
+    "dump_config",
+    "load_config",
+]
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+"""Where named configs live: ``load_config("NAME")`` reads ``CONFIG_DIR / "NAME.yaml"``."""
+
+FPT_CHANNELS = 256
+"""Width of every pyramid level (torchvision FPN ``out_channels``); ST works at this width."""
+
+
+class ConfigError(ValueError):
+    """A config file, override or value is invalid; ``str(err)`` is one line for the user."""
+
+
+@dataclass(frozen=True)
+class Key:
+    """Declaration of one config key.
+
+    ``type`` is one of ``int``, ``float``, ``bool``, ``str``; an int is accepted (and stored as
+    float) where a float is expected; ``None`` is accepted only when ``nullable``.
+    ``choices`` restricts a value to a fixed set; ``min``/``max`` bound a number, inclusive.
+    ``doc`` is the one-line meaning, with the unit.
+    """
+
+    default: Any
+    type: type
+    doc: str
+    choices: tuple | None = None
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+             "resnext101_32x8d", "resnext101_64x4d")
+
+# The one declaration of every key: dotted name -> Key(default, type, doc, ...).
+# Tags as in the spec: [paper], [code] (the authors' repository), [ours].
+SCHEMA: dict[str, Key] = {
+    "seed": Key(0, int, "random seed for weight initialisation and synthetic inputs"),
+    # model: the torchvision detector around the pyramid
+    "model.backbone": Key("resnet50", str, "trunk whose C2..C5 feed the pyramid (torchvision name, randomly initialised)", choices=BACKBONES),
+    "model.head": Key("mask_rcnn", str, "torchvision detector: mask_rcnn (boxes + masks) or faster_rcnn (boxes)", choices=("mask_rcnn", "faster_rcnn")),
+    "model.num_classes": Key(91, int, "object classes including background (torchvision convention; COCO = 91)", min=2),
+    "model.trainable_backbone_layers": Key(5, int, "trunk stages left trainable, counted from the top, 0..5 (torchvision: 5 without pretrained weights)", min=0, max=5),
+    "model.backbone_norm": Key("bn", str, "trunk normalisation: bn = nn.BatchNorm2d (torchvision without pretrained weights), frozen_bn = FrozenBatchNorm2d", choices=("bn", "frozen_bn")),
+    "model.min_size": Key(800, int, "resized short image side, pixels (GeneralizedRCNNTransform)", min=1),
+    "model.max_size": Key(1333, int, "cap on the resized long image side, pixels (GeneralizedRCNNTransform)", min=1),
+    # fpt: which transformers the neck has and how their outputs are fused
+    "fpt.st": Key(True, bool, "Self-Transformer on every level (non-local interaction within a level)"),
+    "fpt.gt": Key(True, bool, "Grounding Transformer, top-down (fine queries, coarse keys/values)"),
+    "fpt.rt": Key(True, bool, "Rendering Transformer, bottom-up (coarse queries, fine keys/values); st = gt = rt = false is plain BFP"),
+    "fpt.input": Key("fpn", str, "what FPT transforms: fpn = torchvision FPN outputs [ours], lateral = 1x1 laterals of C2..C5 [code]", choices=("fpn", "lateral")),
+    "fpt.pairs": Key("all", str, "GT/RT level pairs: all = every finer/coarser level [code], adjacent = neighbouring levels only", choices=("all", "adjacent")),
+    "fpt.norm": Key("gn", str, "normalisation after each level's 3x3 fusion conv", choices=("none", "bn", "gn")),
+    # st: Self-Transformer
+    "st.normalizer": Key("mos", str, "mos = mixture of st.parts softmaxes [paper]; softmax = one softmax, st.parts then treated as 1", choices=("mos", "softmax")),
+    "st.parts": Key(2, int, "MoS channel parts N [paper: 2]; must divide the 256 pyramid channels (ignored with softmax)", min=1),
+    "st.pool_kv": Key(False, bool, "keys/values from a 3x3 stride-2 average pool of the level: 4x fewer positions [code]"),
+    "st.shared_qk": Key(False, bool, "one 1x1 conv computes both queries and keys [code]"),
+    "st.attn_dropout": Key(0.1, float, "dropout probability on the mixed attention weights, training only [code]", min=0.0, max=1.0),
+    # gt: Grounding Transformer
+    "gt.normalizer": Key("mos", str, "mos = mixture of gt.parts softmaxes [paper]; softmax = one softmax, gt.parts then treated as 1", choices=("mos", "softmax")),
+    "gt.parts": Key(4, int, "MoS channel parts N [paper: 4]; must divide gt.channels (ignored with softmax)", min=1),
+    "gt.similarity": Key("euclidean", str, "query-key score: euclidean = -||q - k||^2 [paper], dot = q . k", choices=("euclidean", "dot")),
+    "gt.channels": Key(128, int, "inner width of q, k and v, channels [code: 128]", min=1),
+    "gt.window": Key(0, int, "0 = global GT; odd n >= 1 = locality-constrained GT over n x n coarse cells [paper]", min=0),
+    # rt: Rendering Transformer
+    "rt.variant": Key("paper", str, "paper = 3x3 conv after the GAP channel weighting [paper]; code = conv before it, 1x1 conv on the GAP vector [code]", choices=("paper", "code")),
+    # attention: how mixture attention is computed (results are equal up to rounding)
+    "attention.impl": Key("auto", str, "sdpa = one fused attention call per part, blocks = query blocks with one V product, auto = pick per device and shape", choices=("auto", "sdpa", "blocks")),
+    "attention.block_size": Key(0, int, "queries per block for the blocks kernel, rows (0 = automatic)", min=0),
+}
+
+
+def _sections() -> list[str]:
+    """Top-level names in schema order: sections and top-level keys."""
+    out: list[str] = []
+    for key in SCHEMA:
+        head = key.split(".", 1)[0]
+        if head not in out:
+            out.append(head)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# values
+
+def _describe(value: Any) -> str:
+    """How a value is named in an error message: its YAML type and spelling."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return f"bool {str(value).lower()}"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
+    """Return ``value`` checked against ``spec`` (an int becomes float where a float is expected).
+
+    Raises ConfigError naming ``where`` (the file, or the file and the --set argument).
+    """
+    if value is None:
+        if spec.nullable:
+            return None
+        raise ConfigError(f"{where}: key '{key}' expects {spec.type.__name__}, got null")
+    if spec.type is bool:
+        ok = isinstance(value, bool)
+    elif spec.type is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif spec.type is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    else:
+        ok = isinstance(value, spec.type)
+    if not ok:
+        hint = ""
+        if spec.type is float and isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads 1e-4 as a string: write 1.0e-4)"
+            except ValueError:
+                pass
+        elif spec.type is bool:
+            hint = " (write true or false)"
+        raise ConfigError(f"{where}: key '{key}' expects {spec.type.__name__}, got {_describe(value)}{hint}")
+    if spec.choices is not None and value not in spec.choices:
+        raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(map(str, spec.choices))}; "
+                          f"got {value!r}")
+    if spec.min is not None and value < spec.min:
+        bound = f"in {spec.min}..{spec.max}" if spec.max is not None else f">= {spec.min}"
+        raise ConfigError(f"{where}: key '{key}' must be {bound}, got {value!r}")
+    if spec.max is not None and value > spec.max:
+        bound = f"in {spec.min}..{spec.max}" if spec.min is not None else f"<= {spec.max}"
+        raise ConfigError(f"{where}: key '{key}' must be {bound}, got {value!r}")
+    return value
+
+
+def _unknown_key(key: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(SCHEMA), n=1)
+    if close:
+        return ConfigError(f"{where}: unknown key '{key}'; did you mean '{close[0]}'?")
+    return ConfigError(f"{where}: unknown key '{key}'; valid top-level names: {', '.join(_sections())}")
+
+
+def _set(flat: dict, key: str, value: Any, where: str) -> None:
+    spec = SCHEMA.get(key)
+    if spec is None:
+        raise _unknown_key(key, where)
+    flat[key] = _check_value(key, value, spec, where)
+
+
+def _flatten(mapping: Mapping, where: str, prefix: str = "") -> dict[str, Any]:
+    """``{"fpt": {"st": True}}`` -> ``{"fpt.st": True}``, checking each key and value."""
+    flat: dict[str, Any] = {}
+    sections = set(_sections())
+    for name, value in mapping.items():
+        key = f"{prefix}{name}"
+        if key in SCHEMA:
+            _set(flat, key, value, where)
+        elif isinstance(value, Mapping):
+            flat.update(_flatten(value, where, prefix=f"{key}."))
+        elif key in sections:
+            raise ConfigError(f"{where}: section '{key}' must be a mapping of keys, got {_describe(value)}")
+        else:
+            raise _unknown_key(key, where)
+    return flat
+
+
+def _nest(flat: Mapping[str, Any]) -> dict:
+    """``{"fpt.st": True}`` -> ``{"fpt": {"st": True}}``, in schema order."""
+    out: dict = {}
+    for key in [k for k in SCHEMA if k in flat] + [k for k in flat if k not in SCHEMA]:
+        *heads, leaf = key.split(".")
+        node = out
+        for head in heads:
+            node = node.setdefault(head, {})
+        node[leaf] = flat[key]
+    return out
+
+
+def default_config() -> dict:
+    """The schema defaults as a nested dict (a fresh copy each call)."""
+    return _nest({key: spec.default for key, spec in SCHEMA.items()})
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader that rejects a key written twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _shown(path: Path) -> str:
+    """Name of a file in messages: bare for shipped configs, the path otherwise."""
+    return path.name if path.resolve().parent == CONFIG_DIR else str(path)
+
+
+def available_configs() -> list[str]:
+    """Names of the shipped configs (``_base_*`` files, meant only for inheritance, excluded)."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _resolve(path_or_name: str | Path) -> Path:
+    """A path that exists, or a shipped config's name (with or without ``.yaml``)."""
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    text = str(path_or_name)
+    looks_like_path = "/" in text or "\\" in text
+    if not looks_like_path:
+        stem = text[:-5] if text.endswith(".yaml") else text
+        shipped = CONFIG_DIR / f"{stem}.yaml"
+        if shipped.is_file():
+            return shipped
+        names = available_configs()
+        close = difflib.get_close_matches(stem, names, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown config '{text}'; {hint}available: {', '.join(names)}")
+    raise ConfigError(f"config file not found: {text}")
+
+
+def _read_yaml(path: Path) -> dict:
+    shown = _shown(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{shown}: cannot read: {err.strerror or err}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(err.problem or err.context or "invalid YAML").split())
+        raise ConfigError(f"{shown}: YAML syntax error{at}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{shown}: YAML error: {' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{shown}: the top level must be a mapping of sections, got {_describe(data)}")
+    return data
+
+
+def _read_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Flat values set by ``path`` and its ``_base_`` files, bases first, the file itself last."""
+    shown = _shown(path)
+    real = path.resolve()
+    if real in stack:
+        cycle = " -> ".join(_shown(p) for p in (*stack, real))
+        raise ConfigError(f"{shown}: _base_ cycle: {cycle}")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{shown}: _base_ must be a file name or a list of file names, got {_describe(bases)}")
+    flat: dict[str, Any] = {}
+    for base in bases:
+        base_path = path.parent / base
+        if not base_path.is_file():
+            raise ConfigError(f"{shown}: _base_ '{base}' not found (looked for {base_path})")
+        flat.update(_read_chain(base_path, (*stack, real)))
+    flat.update(_flatten(data, shown))
+    return flat
+
+
+def _parse_override(text: Any, where: str) -> Any:
+    if not isinstance(text, str):
+        return text  # already a Python value (API callers)
+    try:
+        return yaml.safe_load(text) if text.strip() else text
+    except yaml.YAMLError:
+        raise ConfigError(f"{where}: cannot parse the value as YAML") from None
+
+
+def load_config(path_or_name: str | Path,
+                overrides: Iterable[tuple[str, Any]] | Mapping[str, Any] | None = None) -> dict:
+    """Load a config as a nested plain dict.
+
+    Args:
+        path_or_name: a shipped config's name (``"maskrcnn_r50_fpt"``, see
+            :func:`available_configs`) or the path of a YAML file.
+        overrides: ``(dotted_key, value)`` pairs applied in order after the file, as given by
+            ``--set KEY VALUE``; a string value is parsed with ``yaml.safe_load``
+            (``"false"`` -> False, ``"2"`` -> 2, ``"null"`` -> None).
+
+    Returns:
+        ``{"seed": int, "model": {...}, "fpt": {...}, ...}`` with every key of :data:`SCHEMA`.
+
+    Raises:
+        ConfigError: one-line message naming the file, key/value and what was expected.
+    """
+    path = _resolve(path_or_name)
+    shown = _shown(path)
+    flat = {key: spec.default for key, spec in SCHEMA.items()}
+    flat.update(_read_chain(path))
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else list(overrides or ())
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ConfigError(f"{shown}: an override must be a (key, value) pair, got {pair!r}")
+        key, text = pair
+        where = f"{shown}: --set {key} {text}"
+        if key not in SCHEMA:
+            raise _unknown_key(str(key), where)
+        _set(flat, key, _parse_override(text, where), where)
+    where = f"{shown} (with --set)" if pairs else shown
+    return check_config(_nest(flat), where=where)
+
+
+def check_config(cfg: Mapping, where: str = "config") -> dict:
+    """Check a complete nested config (every schema key, nothing else) and return a clean copy.
+
+    Types, choices and ranges per :data:`SCHEMA`, then the rules that involve two keys:
+    ``st.parts`` divides the 256 pyramid channels and ``gt.parts`` divides ``gt.channels``
+    (both unchecked with the ``softmax`` normalizer, which uses a single part),
+    ``gt.window`` is 0 or odd, and ``model.min_size <= model.max_size``.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{where}: a config must be a mapping, got {_describe(cfg)}")
+    flat = _flatten(cfg, where)
+    missing = [key for key in SCHEMA if key not in flat]
+    if missing:
+        raise ConfigError(f"{where}: missing key(s) {', '.join(repr(k) for k in missing)}")
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{where}: {message}")
+
+    if flat["st.normalizer"] == "mos" and FPT_CHANNELS % flat["st.parts"]:
+        raise fail(f"st.parts={flat['st.parts']} must divide the {FPT_CHANNELS} pyramid channels "
+                   f"(st.normalizer=mos)")
+    if flat["gt.normalizer"] == "mos" and flat["gt.channels"] % flat["gt.parts"]:
+        raise fail(f"gt.parts={flat['gt.parts']} must divide gt.channels={flat['gt.channels']} "
+                   f"(gt.normalizer=mos)")
+    if flat["gt.window"] != 0 and flat["gt.window"] % 2 == 0:
+        raise fail(f"gt.window={flat['gt.window']} must be 0 (global GT) or an odd window side >= 1")
+    if flat["model.min_size"] > flat["model.max_size"]:
+        raise fail(f"model.min_size={flat['model.min_size']} must be <= model.max_size={flat['model.max_size']}")
+    return _nest(flat)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+def config_hash(cfg: Mapping) -> str:
+    """First 12 hex digits of the sha256 of the canonical JSON (sorted keys, no spaces)."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def _scalar(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**9).strip()
+    return text[:-3].strip() if text.endswith("\n...") or text.endswith("...") else text
+
+
+def dump_config(cfg: Mapping) -> str:
+    """YAML of a config, sections and keys in schema order, each key with its one-line doc.
+
+    ``yaml.safe_load(dump_config(cfg)) == cfg``, and the text is itself a loadable config file.
+    """
+    lines: list[str] = []
+    order = _sections() + [name for name in cfg if name not in _sections()]
+    for name in order:
+        if name not in cfg:
+            continue
+        value = cfg[name]
+        if not isinstance(value, Mapping):
+            doc = SCHEMA[name].doc if name in SCHEMA else ""
+            lines.append(_with_doc(f"{name}: {_scalar(value)}", doc))
+            continue
+        lines.append(f"{name}:")
+        keys = [k for k in SCHEMA if k.startswith(f"{name}.")]
+        leaves = [k.split(".", 1)[1] for k in keys if k.split(".", 1)[1] in value]
+        leaves += [leaf for leaf in value if leaf not in leaves]
+        for leaf in leaves:
+            spec = SCHEMA.get(f"{name}.{leaf}")
+            lines.append(_with_doc(f"  {leaf}: {_scalar(value[leaf])}", spec.doc if spec else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _with_doc(line: str, doc: str) -> str:
+    return f"{line:<36}  # {doc}" if doc else line

@@ -1,0 +1,359 @@
+"""fptbench.config: schema defaults, _base_ inheritance, --set overrides, messages, hash, dump.
+
+Error messages are asserted word for word where a user reads them: they are the interface.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fptbench.config import (
+    CONFIG_DIR,
+    SCHEMA,
+    ConfigError,
+    Key,
+    _check_value,
+    available_configs,
+    check_config,
+    config_hash,
+    default_config,
+    dump_config,
+    load_config,
+)
+
+SHIPPED = sorted(
+    [f"{head}_{trunk}_{neck}" for head in ("maskrcnn", "fasterrcnn") for trunk in ("r50", "r101", "x101_64x4d")
+     for neck in ("bfp", "fpt")]
+    + [f"maskrcnn_x101_32x8d_{neck}" for neck in ("bfp", "fpt")]
+)
+TRUNKS = {"r50": "resnet50", "r101": "resnet101", "x101_32x8d": "resnext101_32x8d",
+          "x101_64x4d": "resnext101_64x4d"}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error_of(*args, **kwargs) -> str:
+    """The message of the ConfigError that load_config(*args, **kwargs) raises; it is one line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(*args, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- schema and defaults ---------------------------------------------------------------------
+
+def test_defaults_are_the_interface_values():
+    cfg = default_config()
+    assert cfg["seed"] == 0
+    assert cfg["model"] == {"backbone": "resnet50", "head": "mask_rcnn", "num_classes": 91,
+                            "trainable_backbone_layers": 5, "backbone_norm": "bn",
+                            "min_size": 800, "max_size": 1333}
+    assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all", "norm": "gn"}
+    assert cfg["st"] == {"normalizer": "mos", "parts": 2, "pool_kv": False, "shared_qk": False,
+                         "attn_dropout": 0.1}
+    assert cfg["gt"] == {"normalizer": "mos", "parts": 4, "similarity": "euclidean", "channels": 128,
+                         "window": 0}
+    assert cfg["rt"] == {"variant": "paper"}
+    assert cfg["attention"] == {"impl": "auto", "block_size": 0}
+    assert list(cfg) == ["seed", "model", "fpt", "st", "gt", "rt", "attention"]
+
+
+def test_every_key_is_documented_and_its_default_is_valid():
+    for key, spec in SCHEMA.items():
+        assert spec.doc.strip() and "\n" not in spec.doc, key
+        assert _check_value(key, spec.default, spec, "schema") == spec.default
+        if spec.choices is not None:
+            assert spec.default in spec.choices, key
+    assert check_config(default_config()) == default_config()
+
+
+def test_config_is_plain_json():
+    cfg = load_config("maskrcnn_r50_fpt")
+    assert json.loads(json.dumps(cfg)) == cfg
+    assert type(cfg) is dict and all(type(v) is dict for k, v in cfg.items() if k != "seed")
+    assert isinstance(cfg["st"]["attn_dropout"], float)
+
+
+# --- shipped configs -------------------------------------------------------------------------
+
+def test_shipped_config_names():
+    assert available_configs() == SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_config_loads(name):
+    cfg = load_config(name)
+    head, rest = name.split("_", 1)
+    trunk, neck = rest.rsplit("_", 1)
+    assert cfg["model"]["head"] == {"maskrcnn": "mask_rcnn", "fasterrcnn": "faster_rcnn"}[head]
+    assert cfg["model"]["backbone"] == TRUNKS[trunk]
+    on = neck == "fpt"
+    assert (cfg["fpt"]["st"], cfg["fpt"]["gt"], cfg["fpt"]["rt"]) == (on, on, on)
+    text = (CONFIG_DIR / f"{name}.yaml").read_text()
+    assert text.startswith("# "), "each config starts with a comment saying what it is"
+    assert load_config(CONFIG_DIR / f"{name}.yaml") == cfg == load_config(f"{name}.yaml")
+
+
+def test_bfp_and_fpt_differ_only_in_the_switches():
+    bfp, fpt = load_config("maskrcnn_r101_bfp"), load_config("maskrcnn_r101_fpt")
+    assert {k: v for k, v in bfp.items() if k != "fpt"} == {k: v for k, v in fpt.items() if k != "fpt"}
+    assert [k for k in bfp["fpt"] if bfp["fpt"][k] != fpt["fpt"][k]] == ["st", "gt", "rt"]
+
+
+# --- inheritance -----------------------------------------------------------------------------
+
+def test_base_values_are_inherited_and_overridden(tmp_path):
+    write(tmp_path / "base.yaml", """
+        model: {backbone: resnet18, num_classes: 3}
+        st: {parts: 4}
+    """)
+    child = write(tmp_path / "child.yaml", """
+        _base_: base.yaml
+        model: {num_classes: 5}
+    """)
+    cfg = load_config(child)
+    assert cfg["model"]["backbone"] == "resnet18"   # from the base
+    assert cfg["model"]["num_classes"] == 5         # the child wins
+    assert cfg["st"]["parts"] == 4
+    assert cfg["gt"]["parts"] == 4                  # schema default
+    assert cfg["model"]["head"] == "mask_rcnn"
+
+
+def test_base_list_applies_in_order_relative_to_each_file(tmp_path):
+    write(tmp_path / "common" / "a.yaml", "seed: 1\nst: {parts: 8}\n")
+    write(tmp_path / "common" / "b.yaml", "_base_: a.yaml\nseed: 2\n")  # relative to common/
+    write(tmp_path / "c.yaml", "seed: 3\ngt: {window: 3}\n")
+    child = write(tmp_path / "runs" / "child.yaml", "_base_: [../common/b.yaml, ../c.yaml]\n")
+    cfg = load_config(child)
+    assert cfg["seed"] == 3             # the later base wins
+    assert cfg["st"]["parts"] == 8      # from a.yaml through b.yaml
+    assert cfg["gt"]["window"] == 3
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    message = error_of(tmp_path / "a.yaml")
+    assert "_base_ cycle" in message
+    assert "a.yaml -> " in message and "b.yaml -> " in message
+
+
+def test_base_self_reference_is_a_cycle(tmp_path):
+    write(tmp_path / "a.yaml", "_base_: a.yaml\n")
+    assert "_base_ cycle" in error_of(tmp_path / "a.yaml")
+
+
+def test_missing_base_names_the_file(tmp_path):
+    child = write(tmp_path / "child.yaml", "_base_: nothere.yaml\n")
+    message = error_of(child)
+    assert message.startswith(f"{child}: _base_ 'nothere.yaml' not found")
+
+
+def test_base_must_be_names(tmp_path):
+    child = write(tmp_path / "child.yaml", "_base_: 3\n")
+    assert "_base_ must be a file name or a list of file names, got int 3" in error_of(child)
+
+
+# --- overrides -------------------------------------------------------------------------------
+
+def test_overrides_are_yaml_and_applied_in_order():
+    cfg = load_config("maskrcnn_r50_fpt", [("fpt.gt", "false"), ("st.parts", "4"), ("st.parts", "8"),
+                                           ("model.backbone", "resnet18"), ("st.attn_dropout", "0.25")])
+    assert cfg["fpt"]["gt"] is False
+    assert cfg["st"]["parts"] == 8
+    assert cfg["model"]["backbone"] == "resnet18"
+    assert cfg["st"]["attn_dropout"] == 0.25
+
+
+def test_override_mapping_and_python_values():
+    cfg = load_config("maskrcnn_r50_bfp", {"seed": 7, "fpt.st": True})
+    assert cfg["seed"] == 7 and cfg["fpt"]["st"] is True
+
+
+def test_int_is_accepted_where_float_is_expected_and_stored_as_float():
+    cfg = load_config("maskrcnn_r50_fpt", [("st.attn_dropout", "0")])
+    assert cfg["st"]["attn_dropout"] == 0.0 and isinstance(cfg["st"]["attn_dropout"], float)
+    assert config_hash(cfg) == config_hash(load_config("maskrcnn_r50_fpt", [("st.attn_dropout", "0.0")]))
+
+
+def test_bool_must_be_a_real_bool():
+    message = error_of("maskrcnn_r50_fpt", [("fpt.st", "1")])
+    assert message == ("maskrcnn_r50_fpt.yaml: --set fpt.st 1: key 'fpt.st' expects bool, got int 1 "
+                       "(write true or false)")
+    assert "expects int, got bool true" in error_of("maskrcnn_r50_fpt", [("st.parts", "true")])
+
+
+def test_null_only_where_the_schema_allows_it():
+    assert error_of("maskrcnn_r50_fpt", [("gt.window", "null")]) == (
+        "maskrcnn_r50_fpt.yaml: --set gt.window null: key 'gt.window' expects int, got null")
+    nullable = Key(None, int, "a nullable int", nullable=True)
+    assert _check_value("x.y", None, nullable, "here") is None
+    assert _check_value("x.y", 3, nullable, "here") == 3
+
+
+def test_unparsable_override_value():
+    assert error_of("maskrcnn_r50_fpt", [("model.backbone", "[resnet")]) == (
+        "maskrcnn_r50_fpt.yaml: --set model.backbone [resnet: cannot parse the value as YAML")
+
+
+# --- error messages --------------------------------------------------------------------------
+
+def test_unknown_override_key_suggests_the_closest():
+    assert error_of("maskrcnn_r50_fpt", [("fpt.s_t", "true")]) == (
+        "maskrcnn_r50_fpt.yaml: --set fpt.s_t true: unknown key 'fpt.s_t'; did you mean 'fpt.st'?")
+
+
+def test_unknown_file_key_suggests_the_closest(tmp_path):
+    path = write(tmp_path / "maskrcnn_r50_fpt.yaml", "fpt:\n  s_t: true\n")
+    assert error_of(path) == f"{path}: unknown key 'fpt.s_t'; did you mean 'fpt.st'?"
+    path = write(tmp_path / "sec.yaml", "attenton:\n  impl: sdpa\n")
+    assert error_of(path) == f"{path}: unknown key 'attenton.impl'; did you mean 'attention.impl'?"
+
+
+def test_unknown_key_without_a_close_match_lists_the_sections(tmp_path):
+    path = write(tmp_path / "x.yaml", "zzzz: 1\n")
+    assert error_of(path) == (
+        f"{path}: unknown key 'zzzz'; valid top-level names: seed, model, fpt, st, gt, rt, attention")
+
+
+def test_wrong_type_names_the_expected_type(tmp_path):
+    path = write(tmp_path / "x.yaml", "st:\n  parts: two\n")
+    assert error_of(path) == f"{path}: key 'st.parts' expects int, got str 'two'"
+    assert error_of("maskrcnn_r50_fpt", [("st.attn_dropout", "1e-4")]).endswith(
+        "key 'st.attn_dropout' expects float, got str '1e-4' (YAML reads 1e-4 as a string: write 1.0e-4)")
+
+
+def test_bad_choice_lists_the_choices():
+    assert error_of("fasterrcnn_r50_fpt", [("fpt.norm", "ln")]) == (
+        "fasterrcnn_r50_fpt.yaml: --set fpt.norm ln: key 'fpt.norm' must be one of none, bn, gn; got 'ln'")
+    message = error_of("maskrcnn_r50_fpt", [("model.backbone", "resnet5")])
+    assert "must be one of resnet18, resnet34, resnet50, resnet101, resnet152, resnext101_32x8d, " \
+           "resnext101_64x4d; got 'resnet5'" in message
+
+
+def test_out_of_range():
+    assert error_of("maskrcnn_r50_fpt", [("model.trainable_backbone_layers", "6")]).endswith(
+        "key 'model.trainable_backbone_layers' must be in 0..5, got 6")
+    assert error_of("maskrcnn_r50_fpt", [("st.attn_dropout", "1.5")]).endswith(
+        "key 'st.attn_dropout' must be in 0.0..1.0, got 1.5")
+    assert error_of("maskrcnn_r50_fpt", [("gt.window", "-1")]).endswith("key 'gt.window' must be >= 0, got -1")
+
+
+def test_missing_config_name_lists_the_available_names():
+    message = error_of("maskrcnn_r50_fptt")
+    assert message.startswith("unknown config 'maskrcnn_r50_fptt'; did you mean 'maskrcnn_r50_fpt'? available: ")
+    assert message.endswith(", ".join(SHIPPED))
+    assert "_base_" not in message
+
+
+def test_missing_config_path():
+    assert error_of("no/such/file.yaml") == "config file not found: no/such/file.yaml"
+
+
+def test_yaml_syntax_error_names_the_file_and_line(tmp_path):
+    path = write(tmp_path / "bad.yaml", "model:\n  backbone: resnet50\n  head: [mask_rcnn\n")
+    message = error_of(path)
+    assert message.startswith(f"{path}: YAML syntax error at line ")
+    line = int(message.split(" at line ")[1].split(",")[0])
+    assert line in (3, 4)  # the unclosed bracket opens on line 3; the parser notices at the end
+
+
+def test_yaml_syntax_error_line_is_exact(tmp_path):
+    path = write(tmp_path / "bad.yaml", "seed: 1\nmodel:\n  backbone: resnet50\n   head: x\n")
+    assert error_of(path).startswith(f"{path}: YAML syntax error at line 4, column ")
+
+
+def test_duplicate_key_is_an_error(tmp_path):
+    path = write(tmp_path / "dup.yaml", "st:\n  parts: 2\n  parts: 4\n")
+    assert error_of(path) == f"{path}: YAML syntax error at line 3, column 3: duplicate key 'parts'"
+
+
+def test_file_structure_errors(tmp_path):
+    path = write(tmp_path / "list.yaml", "- a\n- b\n")
+    assert error_of(path) == f"{path}: the top level must be a mapping of sections, got a list"
+    path = write(tmp_path / "sec.yaml", "fpt: 3\n")
+    assert error_of(path) == f"{path}: section 'fpt' must be a mapping of keys, got int 3"
+    assert load_config(write(tmp_path / "empty.yaml", "")) == default_config()
+
+
+# --- cross-key rules -------------------------------------------------------------------------
+
+def test_st_parts_must_divide_the_pyramid_channels():
+    assert error_of("maskrcnn_r50_fpt", [("st.parts", "3")]) == (
+        "maskrcnn_r50_fpt.yaml (with --set): st.parts=3 must divide the 256 pyramid channels (st.normalizer=mos)")
+    assert load_config("maskrcnn_r50_fpt", [("st.parts", "8")])["st"]["parts"] == 8
+
+
+def test_softmax_normalizer_ignores_parts():
+    cfg = load_config("maskrcnn_r50_fpt", [("st.normalizer", "softmax"), ("st.parts", "3"),
+                                           ("gt.normalizer", "softmax"), ("gt.parts", "3")])
+    assert cfg["st"]["parts"] == 3 and cfg["gt"]["parts"] == 3
+
+
+def test_gt_parts_must_divide_gt_channels(tmp_path):
+    path = write(tmp_path / "x.yaml", "gt: {parts: 3}\n")
+    assert error_of(path) == f"{path}: gt.parts=3 must divide gt.channels=128 (gt.normalizer=mos)"
+    assert load_config(path, [("gt.channels", "96")])["gt"]["channels"] == 96
+
+
+def test_gt_window_is_zero_or_odd():
+    assert error_of("maskrcnn_r50_fpt", [("gt.window", "4")]).endswith(
+        "gt.window=4 must be 0 (global GT) or an odd window side >= 1")
+    for window in (0, 1, 5, 7):
+        assert load_config("maskrcnn_r50_fpt", [("gt.window", str(window))])["gt"]["window"] == window
+
+
+def test_min_size_at_most_max_size():
+    assert error_of("maskrcnn_r50_fpt", [("model.min_size", "900"), ("model.max_size", "800")]).endswith(
+        "model.min_size=900 must be <= model.max_size=800")
+
+
+def test_check_config_reports_missing_keys():
+    cfg = default_config()
+    del cfg["gt"]["window"]
+    with pytest.raises(ConfigError, match=r"^config: missing key\(s\) 'gt.window'$"):
+        check_config(cfg)
+
+
+# --- hash and dump ---------------------------------------------------------------------------
+
+def test_hash_algorithm_is_pinned():
+    # sha256 of the canonical JSON '{"a":1,"b":{"c":[1.5,"x",null,true]}}', first 12 hex digits;
+    # changing the algorithm would orphan every stored result record.
+    assert config_hash({"b": {"c": [1.5, "x", None, True]}, "a": 1}) == "3b8112e13d57"
+
+
+def test_hash_is_stable_and_changes_with_any_value():
+    cfg = load_config("maskrcnn_r50_fpt")
+    digest = config_hash(cfg)
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    assert config_hash(load_config("maskrcnn_r50_fpt")) == digest
+    reordered = {name: dict(reversed(list(value.items()))) if isinstance(value, dict) else value
+                 for name, value in reversed(list(cfg.items()))}
+    assert config_hash(reordered) == digest
+    assert config_hash(load_config("maskrcnn_r50_fpt", [("gt.window", "3")])) != digest
+    assert config_hash(load_config("maskrcnn_r50_fpt", [("st.attn_dropout", "0.2")])) != digest
+    assert config_hash(load_config("maskrcnn_r50_bfp")) != digest
+
+
+def test_dump_is_yaml_in_schema_order_with_a_comment_per_key(tmp_path):
+    cfg = load_config("fasterrcnn_x101_64x4d_fpt", [("st.attn_dropout", "1.0e-4"), ("seed", "3")])
+    text = dump_config(cfg)
+    assert yaml.safe_load(text) == cfg
+    tops = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
+    assert tops == ["seed", "model", "fpt", "st", "gt", "rt", "attention"]
+    keys = [line for line in text.splitlines() if line.startswith("  ") or line.startswith("seed")]
+    assert len(keys) == len(SCHEMA) and all("  # " in line for line in keys)
+    # the dump is itself a config file that loads to the same config
+    path = write(tmp_path / "dumped.yaml", text)
+    assert load_config(path) == cfg and config_hash(load_config(path)) == config_hash(cfg)
