@@ -1,0 +1,259 @@
+"""Mixture-of-softmaxes attention without the score matrix.
+
+This is the attention of FPT's Self-Transformer and Grounding-Transformer (spec sections
+"Self-Transformer", "Grounding Transformer" and "Computing mixture attention without the score
+matrix"):
+
+    out = sum_n pi_n * softmax_j( sim(q_n, k_n) * scale ) @ v          [paper, eq. of ST / GT]
+
+where q and k are split into N contiguous channel parts, v is not split [code], and
+sim is a dot product or the negative squared Euclidean distance [paper, GT].
+
+Two exact computations are provided; neither holds an (Lq x Lk) tensor:
+
+* ``impl="sdpa"``: one fused ``scaled_dot_product_attention`` call per mixture component (the
+  N components run as N heads of one call), weighted by pi and summed. Parts are zero-padded to
+  V's width so that the fused (flash) kernels accept them: exact, but the V product is done N
+  times. With N = 1 this is also the minimal work.
+* ``impl="blocks"``: query blocks [spec (b)]. For a block of queries compute each part's scores
+  against all keys, softmax them, combine W = sum_n pi_n softmax(S_n) and multiply by V once.
+  Only one block's tiles exist at a time; the backward pass recomputes each block (custom
+  autograd Function), so training memory is linear in pixels as well. This is the minimal
+  work, 2 * Lq * Lk * (D + Dv) FLOPs.
+
+``impl="auto"`` picks, [ours] from ``benchmarks/fpt_neck.py`` on the CPU: blocks whenever N > 1
+on the CPU (2 cores, fp32: sdpa with padding reached about half the throughput of blocks for
+ST's N = 2, a quarter for GT's N = 4); sdpa when N = 1 (one fused call is the minimal work);
+sdpa on CUDA, where fused kernels are the field's default [ours, not measured in this repo yet].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["mos_attention", "euclidean_as_dot", "choose_impl", "DEFAULT_TILE_ELEMENTS"]
+
+# [ours] Elements of the (N + 2) score tiles of one query block: 2^25 floats = 128 MiB in fp32.
+# Large enough that every matrix product in a block runs near peak, small enough that the whole
+# neck stays far below the memory target at COCO sizes.
+DEFAULT_TILE_ELEMENTS = 1 << 25
+
+_IMPLS = ("auto", "sdpa", "blocks")
+_SIMILARITIES = ("dot", "euclidean")
+
+
+def euclidean_as_dot(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+    """Rewrite -||q - k||^2 as a dot product of augmented vectors [spec, GT "Exact and cheap"].
+
+    -||q - k||^2 = -||q||^2 + 2 q.k - ||k||^2, and -||q||^2 is constant over keys, so it cancels
+    in a softmax over keys. With q~ = [2q, 1] and k~ = [k, -||k||^2], q~ . k~ = 2 q.k - ||k||^2.
+
+    Args:
+        q (Tensor): (..., Lq, d) queries.
+        k (Tensor): (..., Lk, d) keys.
+    Returns:
+        (q~, k~): (..., Lq, d + 1) and (..., Lk, d + 1).
+    """
+    q_aug = torch.cat([2.0 * q, q.new_ones(q.shape[:-1] + (1,))], dim=-1)
+    k_aug = torch.cat([k, -(k * k).sum(dim=-1, keepdim=True)], dim=-1)
+    return q_aug, k_aug
+
+
+def choose_impl(impl: str, num_parts: int, device: torch.device) -> str:
+    """Resolve ``impl="auto"`` to "sdpa" or "blocks" (see the module docstring)."""
+    if impl != "auto":
+        return impl
+    if num_parts == 1 or device.type != "cpu":
+        return "sdpa"
+    return "blocks"
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pi: Tensor, similarity: str, impl: str) -> None:
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3 or pi.dim() != 2:
+        raise ValueError(
+            "mos_attention expects q (B, Lq, D), k (B, Lk, D), v (B, Lk, Dv), pi (B, N); got "
+            f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, pi {tuple(pi.shape)}"
+        )
+    B, _, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B or pi.shape[0] != B:
+        raise ValueError("mos_attention: q, k, v and pi must share the batch size B")
+    if k.shape[2] != D:
+        raise ValueError(f"mos_attention: q and k must have the same channels D, got {D} and {k.shape[2]}")
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"mos_attention: k and v must have the same length Lk, got {k.shape[1]} and {v.shape[1]}")
+    if D % pi.shape[1] != 0:
+        raise ValueError(f"mos_attention: the number of parts N={pi.shape[1]} must divide D={D}")
+    if similarity not in _SIMILARITIES:
+        raise ValueError(f"mos_attention: similarity must be one of {_SIMILARITIES}, got {similarity!r}")
+    if impl not in _IMPLS:
+        raise ValueError(f"mos_attention: impl must be one of {_IMPLS}, got {impl!r}")
+
+
+def mos_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    pi: Tensor,
+    *,
+    similarity: str = "dot",
+    scale: float | None = None,
+    dropout_p: float = 0.0,
+    impl: str = "auto",
+    block_size: int = 0,
+) -> Tensor:
+    """Mixture-of-softmaxes attention, memory-linear in Lq and Lk, forward and backward.
+
+    Args:
+        q (Tensor): (B, Lq, D) queries.
+        k (Tensor): (B, Lk, D) keys.
+        v (Tensor): (B, Lk, Dv) values (not split into parts [code]).
+        pi (Tensor): (B, N) mixture weights, summing to 1 over N; N divides D. The D channels of
+            q and k are split into N contiguous parts of D / N channels.
+        similarity: "dot" (q_n . k_n) or "euclidean" (-||q_n - k_n||^2) [paper, GT].
+        scale: multiplies the similarity; None means 1 / sqrt(D / N).
+        dropout_p: dropout on the attention weights, applied whenever > 0 (callers pass 0 in
+            eval, as with ``scaled_dot_product_attention``). With ``blocks`` it is applied
+            to the mixed weights W = sum_n pi_n A_n, as the authors' code does [code]; with
+            ``sdpa`` to each component's weights (equal in expectation [ours]).
+        impl: "auto" | "sdpa" | "blocks" (module docstring).
+        block_size: queries per block for ``blocks``; 0 picks the largest block whose (N + 2)
+            score tiles of (block x Lk) stay within DEFAULT_TILE_ELEMENTS.
+    Returns:
+        Tensor: (B, Lq, Dv) = sum_n pi[:, n] * softmax_j(sim(q_n, k_n) * scale) @ v.
+    """
+    _check_inputs(q, k, v, pi, similarity, impl)
+    if block_size < 0:
+        raise ValueError(f"mos_attention: block_size must be >= 0 (0 = automatic), got {block_size}")
+    B, Lq, D = q.shape
+    Lk = k.shape[1]
+    N = pi.shape[1]
+    d = D // N
+    if scale is None:
+        scale = 1.0 / math.sqrt(d)
+    # (B, N, L, d): one "head" per mixture component.
+    qn = q.reshape(B, Lq, N, d).transpose(1, 2)
+    kn = k.reshape(B, Lk, N, d).transpose(1, 2)
+    if similarity == "euclidean":
+        qn, kn = euclidean_as_dot(qn, kn)
+    pi = pi.to(q.dtype)
+    impl = choose_impl(impl, N, q.device)
+    if impl == "sdpa":
+        return _mos_sdpa(qn, kn, v, pi, scale, dropout_p)
+    seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
+    return _MoSBlockAttention.apply((qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi,
+                                    float(dropout_p), seed, int(block_size))
+
+
+def _mos_sdpa(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float) -> Tensor:
+    """N components as N heads of one fused attention call, then the pi-weighted sum."""
+    B, N, Lq, dq = qn.shape
+    Dv = v.shape[-1]
+    width = max(dq, Dv)
+    # Zero channels change no dot product: exact padding to equal head sizes (fused kernels).
+    qn = F.pad(qn, (0, width - dq))
+    kn = F.pad(kn, (0, width - dq))
+    vn = F.pad(v, (0, width - Dv)).unsqueeze(1).expand(B, N, v.shape[1], width)
+    o = F.scaled_dot_product_attention(qn, kn, vn, dropout_p=dropout_p, scale=scale)
+    return torch.einsum("bn,bnqc->bqc", pi, o[..., :Dv])
+
+
+def _block_rows(num_parts: int, Lk: int, block_size: int) -> int:
+    """Queries per block: block_size, or as many as keep (N + 2) (rows x Lk) tiles in budget."""
+    if block_size > 0:
+        return block_size
+    rows = DEFAULT_TILE_ELEMENTS // ((num_parts + 2) * max(Lk, 1))
+    return max(16, min(4096, rows // 16 * 16))
+
+
+def _dropout_mask(shape: tuple[int, int], p: float, seed: int, like: Tensor) -> Tensor:
+    g = torch.Generator(device=like.device)
+    g.manual_seed(seed)
+    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p, generator=g)
+    return keep.mul_(1.0 / (1.0 - p))
+
+
+class _MoSBlockAttention(torch.autograd.Function):
+    """Query-block MoS attention; recomputes each block in backward [spec (b)].
+
+    Inputs are q (B, N, Lq, d) already multiplied by the scale, k (B, N, Lk, d), v (B, Lk, Dv),
+    pi (B, N). Per block, with S_n = q_n k_n^T, P_n = softmax(S_n), W = sum_n pi_n P_n (times
+    the dropout mask M), out = W v. Backward per block:
+        dv += W^T dout,   dW = (dout v^T) * M,   dpi_n = sum(dW * P_n),
+        dS_n = pi_n * P_n * (dW - rowsum(dW * P_n)),   dq_n = dS_n k_n,   dk_n += dS_n^T q_n.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, pi, dropout_p, seed, block_size):
+        B, N, Lq, _ = q.shape
+        Lk, Dv = v.shape[1], v.shape[2]
+        rows = _block_rows(N, Lk, block_size)
+        use_dropout = dropout_p > 0
+        out = q.new_empty(B, Lq, Dv)
+        S = q.new_empty(N, min(rows, Lq), Lk)
+        W = q.new_empty(min(rows, Lq), Lk)
+        kT = k.transpose(-1, -2)
+        nblocks = (Lq + rows - 1) // rows
+        for b in range(B):
+            pib = pi[b : b + 1]
+            for i, s in enumerate(range(0, Lq, rows)):
+                e = min(s + rows, Lq)
+                n = e - s
+                P = torch.matmul(q[b, :, s:e], kT[b], out=S[:, :n])
+                torch.softmax(P, -1, out=P)
+                Wb = W[:n]
+                torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
+                if use_dropout:
+                    Wb.mul_(_dropout_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb))
+                torch.matmul(Wb, v[b], out=out[b, s:e])
+        ctx.save_for_backward(q, k, v, pi)
+        ctx.cfg = (rows, dropout_p if use_dropout else 0.0, seed, nblocks)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, pi = ctx.saved_tensors
+        rows, dropout_p, seed, nblocks = ctx.cfg
+        B, N, Lq, _ = q.shape
+        Lk = v.shape[1]
+        dout = dout.contiguous()
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        dpi = torch.zeros_like(pi)
+        m = min(rows, Lq)
+        S = q.new_empty(N, m, Lk)
+        T = q.new_empty(N, m, Lk)
+        W = q.new_empty(m, Lk)
+        dW = q.new_empty(m, Lk)
+        kT = k.transpose(-1, -2)
+        for b in range(B):
+            pib = pi[b : b + 1]
+            for i, s in enumerate(range(0, Lq, rows)):
+                e = min(s + rows, Lq)
+                n = e - s
+                P = torch.matmul(q[b, :, s:e], kT[b], out=S[:, :n])
+                torch.softmax(P, -1, out=P)
+                Wb, dWb = W[:n], dW[:n]
+                torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
+                torch.matmul(dout[b, s:e], v[b].t(), out=dWb)
+                if dropout_p > 0:
+                    mask = _dropout_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb)
+                    Wb.mul_(mask)
+                    dWb.mul_(mask)
+                dv[b].addmm_(Wb.t(), dout[b, s:e])
+                # T_n = P_n * dW;  r_n = rowsum(T_n);  dS_n / pi_n = T_n - P_n * r_n
+                Tb = torch.mul(P, dWb, out=T[:, :n])
+                r = Tb.sum(dim=-1, keepdim=True)
+                dpi[b] += r.sum(dim=(1, 2))
+                Tb.addcmul_(P, r, value=-1.0)
+                torch.matmul(Tb, k[b], out=dq[b, :, s:e])
+                dk[b].baddbmm_(Tb.transpose(1, 2), q[b, :, s:e])
+        # dS_n carries a factor pi_n that was left out above; apply it once to the small results.
+        scale = pi.view(B, N, 1, 1)
+        dq.mul_(scale)
+        dk.mul_(scale)
+        return dq, dk, dv, dpi, None, None, None
