@@ -1,0 +1,186 @@
+"""The Feature Pyramid Transformer neck: ST, GT and RT between pyramid levels, then fusion [paper]."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .grounding_transformer import GroundingTransformer
+from .rendering_transformer import RenderingTransformer
+from .self_transformer import SelfTransformer
+
+__all__ = ["FeaturePyramidTransformer"]
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "none":
+        return nn.Identity()
+    if kind == "bn":
+        return nn.BatchNorm2d(channels)
+    if kind == "gn":
+        return nn.GroupNorm(32, channels)
+    raise ValueError(f"FeaturePyramidTransformer: norm must be 'none', 'bn' or 'gn', got {kind!r}")
+
+
+class FeaturePyramidTransformer(nn.Module):
+    """Transforms a feature pyramid with ST, GT and RT and fuses the results per level.
+
+    Each level l concatenates, in this order [code, matches the paper's figure]: ST(X_l);
+    RT(X_l <- X_f) for every finer level f (finest first); GT(X_l <- X_c) for every coarser
+    level c (nearest first); X_l itself. One Conv3x3 (k * C -> C) then fuses them, followed by
+    ``norm`` (none | bn | gn; no activation, like FPN's output convs [ours]). The coarsest level
+    gets no GT and the finest no RT; every (target, source) pair has its own weights, so P2..P5
+    with ``pairs="all"`` has 4 ST, 6 GT and 6 RT modules, and ``pairs="adjacent"`` keeps only
+    neighbouring levels. A switched-off transformer contributes nothing to the concatenation.
+
+    Module names say what they are: ``st.p3`` is ST at P3, ``gt.p2_from_p4`` grounds P2 in P4,
+    ``rt.p5_from_p2`` renders P5 with P2, ``fuse.p2`` is P2's fusion conv.
+
+    Args:
+        channels: C of every level (256).
+        num_levels: pyramid levels, finest first; level i is P(first_level + i), stride 2^(i+2).
+        st, gt, rt: which transformers are on (at least one).
+        pairs: "all" | "adjacent".
+        norm: norm after each fusion conv, "none" | "bn" | "gn" (GN with 32 groups; the
+            authors' configs use GroupNorm [code]).
+        st_*, gt_*, rt_variant, attention_impl, attention_block_size: see SelfTransformer,
+            GroundingTransformer, RenderingTransformer.
+    Shapes:
+        features (list[Tensor]): num_levels NCHW maps, finest first, each level half the size of
+        the previous one (ceil) -> the transformed list, same shapes.
+    """
+
+    def __init__(
+        self,
+        channels: int = 256,
+        num_levels: int = 4,
+        *,
+        st: bool = True,
+        gt: bool = True,
+        rt: bool = True,
+        pairs: str = "all",
+        norm: str = "gn",
+        first_level: int = 2,
+        st_parts: int = 2,
+        st_normalizer: str = "mos",
+        st_pool_kv: bool = False,
+        st_shared_qk: bool = False,
+        st_attn_dropout: float = 0.1,
+        gt_channels: int = 128,
+        gt_parts: int = 4,
+        gt_normalizer: str = "mos",
+        gt_similarity: str = "euclidean",
+        gt_window: int = 0,
+        rt_variant: str = "paper",
+        attention_impl: str = "auto",
+        attention_block_size: int = 0,
+    ) -> None:
+        super().__init__()
+        if not (st or gt or rt):
+            raise ValueError("FeaturePyramidTransformer: switch on at least one of st, gt, rt (all off is BFP itself)")
+        if pairs not in ("all", "adjacent"):
+            raise ValueError(f"FeaturePyramidTransformer: pairs must be 'all' or 'adjacent', got {pairs!r}")
+        self.num_levels = num_levels
+        self.names = [f"p{first_level + i}" for i in range(num_levels)]
+        self.st = nn.ModuleDict()
+        self.gt = nn.ModuleDict()
+        self.rt = nn.ModuleDict()
+        # inputs[t]: ordered (kind, source level) pairs concatenated for target level t.
+        self.inputs: list[list[tuple[str, int]]] = []
+        for t in range(num_levels):
+            srcs: list[tuple[str, int]] = []
+            if st:
+                self.st[self.names[t]] = SelfTransformer(
+                    channels,
+                    parts=st_parts,
+                    normalizer=st_normalizer,
+                    pool_kv=st_pool_kv,
+                    shared_qk=st_shared_qk,
+                    attn_dropout=st_attn_dropout,
+                    attention_impl=attention_impl,
+                    block_size=attention_block_size,
+                )
+                srcs.append(("st", t))
+            for s in range(num_levels):
+                if s == t or (pairs == "adjacent" and abs(s - t) != 1):
+                    continue
+                key = f"{self.names[t]}_from_{self.names[s]}"
+                if rt and s < t:
+                    self.rt[key] = RenderingTransformer(channels, stride=2 ** (t - s), variant=rt_variant)
+                    srcs.append(("rt", s))
+            for s in range(t + 1, num_levels):
+                if pairs == "adjacent" and s - t != 1:
+                    continue
+                if gt:
+                    self.gt[f"{self.names[t]}_from_{self.names[s]}"] = GroundingTransformer(
+                        channels,
+                        stride=2 ** (s - t),
+                        inner_channels=gt_channels,
+                        parts=gt_parts,
+                        normalizer=gt_normalizer,
+                        similarity=gt_similarity,
+                        window=gt_window,
+                        attention_impl=attention_impl,
+                        block_size=attention_block_size,
+                    )
+                    srcs.append(("gt", s))
+            srcs.append(("x", t))
+            self.inputs.append(srcs)
+        self.fuse = nn.ModuleDict(
+            {
+                self.names[t]: nn.Sequential(
+                    nn.Conv2d(len(self.inputs[t]) * channels, channels, 3, padding=1, bias=norm == "none"),
+                    _norm(norm, channels),
+                )
+                for t in range(num_levels)
+            }
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], channels: int = 256, num_levels: int = 4) -> "FeaturePyramidTransformer":
+        """Build from a config dict with sections fpt, st, gt, rt and attention (fptbench.config)."""
+        fpt, st, gt, rt, att = (cfg[k] for k in ("fpt", "st", "gt", "rt", "attention"))
+        return cls(
+            channels,
+            num_levels,
+            st=fpt["st"],
+            gt=fpt["gt"],
+            rt=fpt["rt"],
+            pairs=fpt["pairs"],
+            norm=fpt["norm"],
+            st_parts=st["parts"],
+            st_normalizer=st["normalizer"],
+            st_pool_kv=st["pool_kv"],
+            st_shared_qk=st["shared_qk"],
+            st_attn_dropout=st["attn_dropout"],
+            gt_channels=gt["channels"],
+            gt_parts=gt["parts"],
+            gt_normalizer=gt["normalizer"],
+            gt_similarity=gt["similarity"],
+            gt_window=gt["window"],
+            rt_variant=rt["variant"],
+            attention_impl=att["impl"],
+            attention_block_size=att["block_size"],
+        )
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        if len(features) != self.num_levels:
+            raise ValueError(f"FeaturePyramidTransformer: expected {self.num_levels} levels, got {len(features)}")
+        outs = []
+        for t, srcs in enumerate(self.inputs):
+            name = self.names[t]
+            parts = []
+            for kind, s in srcs:
+                if kind == "st":
+                    parts.append(self.st[name](features[t]))
+                elif kind == "rt":
+                    parts.append(self.rt[f"{name}_from_{self.names[s]}"](features[t], features[s]))
+                elif kind == "gt":
+                    parts.append(self.gt[f"{name}_from_{self.names[s]}"](features[t], features[s]))
+                else:
+                    parts.append(features[t])
+            outs.append(self.fuse[name](torch.cat(parts, dim=1)))
+        return outs

@@ -1,0 +1,94 @@
+"""Grounding Transformer (GT): top-down, a finer level queries a coarser one [paper]."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from fptbench.ops import local_mos_attention, mos_attention
+
+from .mixture import MixtureWeights
+
+__all__ = ["GroundingTransformer"]
+
+
+class GroundingTransformer(nn.Module):
+    """GT(X^f <- X^c) = BN(Conv1x1(sum_n pi_n softmax_j(s^n_ij) v_j))  (spec "Grounding Transformer").
+
+    q = Wq X^f, k = Wk X^c, v = Wv X^c are 1x1 convs to ``inner_channels`` (128 [code]);
+    s^n_ij = -||q_{i,n} - k_{j,n}||^2 * scale with N = 4 parts [paper] and scale
+    1/sqrt(part width) [ours]; pi from the mean of k as in ST. The output BN starts with weight
+    and bias zero [code], and there is no residual [code]: at initialisation GT adds nothing.
+
+    With ``window > 0`` this is the locality-constrained GT (LGT) [paper]: each fine query sees
+    only the window x window coarse positions around its coarse cell (``local_mos_attention``).
+
+    Args:
+        channels: C of both levels (256).
+        stride: scale ratio s = stride(coarse) / stride(fine) (2, 4 or 8); used by LGT.
+        inner_channels: width of q, k and v (128 [code]).
+        parts: N; ignored (N = 1) when ``normalizer="softmax"``.
+        normalizer: "mos" | "softmax".
+        similarity: "euclidean" [paper] | "dot" (the paper's similarity ablation).
+        window: 0 for the global GT; an odd side for LGT (5 [ours] when the paper's is unknown).
+        attention_impl, block_size: passed to ``mos_attention``.
+    Shapes:
+        fine (Tensor): (B, C, Hf, Wf), coarse (Tensor): (B, C, Hc, Wc) -> (B, C, Hf, Wf).
+    """
+
+    def __init__(
+        self,
+        channels: int = 256,
+        *,
+        stride: int = 2,
+        inner_channels: int = 128,
+        parts: int = 4,
+        normalizer: str = "mos",
+        similarity: str = "euclidean",
+        window: int = 0,
+        attention_impl: str = "auto",
+        block_size: int = 0,
+    ) -> None:
+        super().__init__()
+        if normalizer not in ("mos", "softmax"):
+            raise ValueError(f"GroundingTransformer: normalizer must be 'mos' or 'softmax', got {normalizer!r}")
+        if similarity not in ("euclidean", "dot"):
+            raise ValueError(f"GroundingTransformer: similarity must be 'euclidean' or 'dot', got {similarity!r}")
+        if window < 0 or (window > 0 and window % 2 == 0):
+            raise ValueError(f"GroundingTransformer: window must be 0 (global) or odd, got {window}")
+        parts = 1 if normalizer == "softmax" else parts
+        if inner_channels % parts != 0:
+            raise ValueError(f"GroundingTransformer: parts={parts} must divide inner_channels={inner_channels}")
+        self.stride = stride
+        self.similarity = similarity
+        self.window = window
+        self.attention_impl = attention_impl
+        self.block_size = block_size
+        self.query = nn.Conv2d(channels, inner_channels, 1)
+        self.key = nn.Conv2d(channels, inner_channels, 1)
+        self.value = nn.Conv2d(channels, inner_channels, 1)
+        self.mixture = MixtureWeights(inner_channels, parts)
+        self.out = nn.Conv2d(inner_channels, channels, 1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.norm.weight)  # [code]
+        nn.init.zeros_(self.norm.bias)
+
+    def forward(self, fine: Tensor, coarse: Tensor) -> Tensor:
+        B, _, Hf, Wf = fine.shape
+        q = self.query(fine)
+        k = self.key(coarse)
+        v = self.value(coarse)
+        pi = self.mixture(k)
+        if self.window > 0:
+            o = local_mos_attention(q, k, v, pi, stride=self.stride, window=self.window, similarity=self.similarity)
+        else:
+            o = mos_attention(
+                q.flatten(2).transpose(1, 2),
+                k.flatten(2).transpose(1, 2),
+                v.flatten(2).transpose(1, 2),
+                pi,
+                similarity=self.similarity,
+                impl=self.attention_impl,
+                block_size=self.block_size,
+            )
+            o = o.transpose(1, 2).reshape(B, -1, Hf, Wf)
+        return self.norm(self.out(o))

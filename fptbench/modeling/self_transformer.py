@@ -1,0 +1,86 @@
+"""Self-Transformer (ST): non-local interaction within one pyramid level [paper]."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fptbench.ops import mos_attention
+
+from .mixture import MixtureWeights
+
+__all__ = ["SelfTransformer"]
+
+
+class SelfTransformer(nn.Module):
+    """ST(X) = X + BN(Conv1x1(sum_n pi_n softmax(q_n k_n^T * scale) v))  (spec "Self-Transformer").
+
+    q = Wq X, k = Wk X', v = Wv X' are 1x1 convs with biases [code]; q and k are split into
+    ``parts`` contiguous channel parts (N = 2 [paper]) and v is not split [code]. The scale is
+    1/sqrt(channels) [code], not 1/sqrt(part width). The residual and the BN are [code].
+
+    Args:
+        channels: C of the level (256).
+        parts: N; ignored (N = 1) when ``normalizer="softmax"`` (the paper's MoS ablation).
+        normalizer: "mos" | "softmax".
+        pool_kv: X' = AvgPool(3, stride 2, pad 1)(X), keys and values at half resolution [code];
+            False (X' = X) is the paper-exact default [ours].
+        shared_qk: Wq and Wk are one conv [code option].
+        attn_dropout: dropout on the mixed attention weights in training (0.1 [code]).
+        attention_impl, block_size: passed to ``mos_attention``.
+    Shapes:
+        x (Tensor): (B, C, H, W) -> (B, C, H, W). Odd H and W work.
+    """
+
+    def __init__(
+        self,
+        channels: int = 256,
+        *,
+        parts: int = 2,
+        normalizer: str = "mos",
+        pool_kv: bool = False,
+        shared_qk: bool = False,
+        attn_dropout: float = 0.1,
+        attention_impl: str = "auto",
+        block_size: int = 0,
+    ) -> None:
+        super().__init__()
+        if normalizer not in ("mos", "softmax"):
+            raise ValueError(f"SelfTransformer: normalizer must be 'mos' or 'softmax', got {normalizer!r}")
+        parts = 1 if normalizer == "softmax" else parts
+        if channels % parts != 0:
+            raise ValueError(f"SelfTransformer: parts={parts} must divide channels={channels}")
+        self.pool_kv = pool_kv
+        self.attn_dropout = attn_dropout
+        self.attention_impl = attention_impl
+        self.block_size = block_size
+        self.scale = 1.0 / math.sqrt(channels)  # [code]
+        self.query = nn.Conv2d(channels, channels, 1)
+        self.key = None if shared_qk else nn.Conv2d(channels, channels, 1)
+        self.value = nn.Conv2d(channels, channels, 1)
+        self.mixture = MixtureWeights(channels, parts)
+        self.out = nn.Conv2d(channels, channels, 1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, C, H, W = x.shape
+        x_kv = F.avg_pool2d(x, 3, stride=2, padding=1) if self.pool_kv else x
+        q = self.query(x)
+        k = (self.key or self.query)(x_kv)
+        v = self.value(x_kv)
+        pi = self.mixture(k)
+        o = mos_attention(
+            q.flatten(2).transpose(1, 2),
+            k.flatten(2).transpose(1, 2),
+            v.flatten(2).transpose(1, 2),
+            pi,
+            similarity="dot",
+            scale=self.scale,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            impl=self.attention_impl,
+            block_size=self.block_size,
+        )
+        o = o.transpose(1, 2).reshape(B, C, H, W)
+        return x + self.norm(self.out(o))
