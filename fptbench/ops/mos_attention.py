@@ -21,6 +21,9 @@ Two exact computations are provided; neither holds an (Lq x Lk) tensor:
   autograd Function), so training memory is linear in pixels as well. This is the minimal
   work, 2 * Lq * Lk * (D + Dv) FLOPs.
 
+``impl="naive"`` materialises the (Lq x Lk) scores with plain autograd: the baseline that the
+benchmark compares against, never picked by ``auto``.
+
 ``impl="auto"`` picks, [ours] from ``benchmarks/fpt_neck.py`` on the CPU: blocks whenever N > 1
 on the CPU (2 cores, fp32: sdpa with padding reached about half the throughput of blocks for
 ST's N = 2, a quarter for GT's N = 4); sdpa when N = 1 (one fused call is the minimal work);
@@ -35,14 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mos_attention", "euclidean_as_dot", "choose_impl", "DEFAULT_TILE_ELEMENTS"]
+__all__ = ["mos_attention", "euclidean_as_dot", "choose_impl", "DEFAULT_TILE_ELEMENTS", "PROFILE_FORWARD", "PROFILE_BACKWARD"]
 
-# [ours] Elements of the (N + 2) score tiles of one query block: 2^25 floats = 128 MiB in fp32.
-# Large enough that every matrix product in a block runs near peak, small enough that the whole
-# neck stays far below the memory target at COCO sizes.
-DEFAULT_TILE_ELEMENTS = 1 << 25
+# [ours] Cap on the elements of the (N + 2) score tiles of one query block: 2^26 floats =
+# 256 MiB in fp32, so that the whole neck stays far below the memory target at COCO sizes.
+DEFAULT_TILE_ELEMENTS = 1 << 26
 
-_IMPLS = ("auto", "sdpa", "blocks")
+_IMPLS = ("auto", "sdpa", "blocks", "naive")
+# Profiler labels: benchmarks/fpt_neck.py times attention inside the neck by these names.
+PROFILE_FORWARD = "fptbench::mos_attention"
+PROFILE_BACKWARD = "fptbench::mos_attention.backward"
 _SIMILARITIES = ("dot", "euclidean")
 
 
@@ -119,7 +124,7 @@ def mos_attention(
             eval, as with ``scaled_dot_product_attention``). With ``blocks`` it is applied
             to the mixed weights W = sum_n pi_n A_n, as the authors' code does [code]; with
             ``sdpa`` to each component's weights (equal in expectation [ours]).
-        impl: "auto" | "sdpa" | "blocks" (module docstring).
+        impl: "auto" | "sdpa" | "blocks" | "naive" (module docstring).
         block_size: queries per block for ``blocks``; 0 picks the largest block whose (N + 2)
             score tiles of (block x Lk) stay within DEFAULT_TILE_ELEMENTS.
     Returns:
@@ -141,11 +146,22 @@ def mos_attention(
         qn, kn = euclidean_as_dot(qn, kn)
     pi = pi.to(q.dtype)
     impl = choose_impl(impl, N, q.device)
-    if impl == "sdpa":
-        return _mos_sdpa(qn, kn, v, pi, scale, dropout_p)
-    seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
-    return _MoSBlockAttention.apply((qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi,
-                                    float(dropout_p), seed, int(block_size))
+    with torch.profiler.record_function(PROFILE_FORWARD):
+        if impl == "sdpa":
+            return _mos_sdpa(qn, kn, v, pi, scale, dropout_p)
+        if impl == "naive":
+            return _mos_naive(qn, kn, v, pi, scale, dropout_p)
+        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
+        return _MoSBlockAttention.apply(
+            (qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi, float(dropout_p), seed, int(block_size)
+        )
+
+
+def _mos_naive(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float) -> Tensor:
+    """Materialised (B, N, Lq, Lk) scores: the memory-quadratic baseline."""
+    attn = torch.softmax(torch.matmul(qn * scale, kn.transpose(-1, -2)), dim=-1)
+    mixed = torch.einsum("bn,bnqk->bqk", pi, attn)
+    return torch.matmul(F.dropout(mixed, dropout_p), v)
 
 
 def _mos_sdpa(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float) -> Tensor:
@@ -162,18 +178,43 @@ def _mos_sdpa(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropo
 
 
 def _block_rows(num_parts: int, Lk: int, block_size: int) -> int:
-    """Queries per block: block_size, or as many as keep (N + 2) (rows x Lk) tiles in budget."""
+    """Queries per block: ``block_size``, or the measured sweet spot within the memory cap.
+
+    [ours] Measured on the CPU (benchmarks/fpt_neck.py shapes, 2 cores, fp32): forward and
+    backward peak where the N score tiles hold about 2^23 elements (32 MiB): 128 rows at
+    Lk = 66.8k (ST at P2, N = 2), 256 at 16.7k, ~1000 at 4.2k (N = 2) or 1k (GT, N = 4). Fewer
+    rows pay per-block overhead; more fall out of cache. DEFAULT_TILE_ELEMENTS caps (N + 2)
+    tiles for very long key sets.
+    """
     if block_size > 0:
         return block_size
-    rows = DEFAULT_TILE_ELEMENTS // ((num_parts + 2) * max(Lk, 1))
-    return max(16, min(4096, rows // 16 * 16))
+    Lk = max(Lk, 1)
+    rows = min(1024, max(128, (1 << 23) // (num_parts * Lk)))
+    rows = min(rows, DEFAULT_TILE_ELEMENTS // ((num_parts + 2) * Lk))
+    return max(16, rows // 16 * 16)
 
 
-def _dropout_mask(shape: tuple[int, int], p: float, seed: int, like: Tensor) -> Tensor:
-    g = torch.Generator(device=like.device)
+def dropout_drop_mask(shape: tuple[int, int], p: float, seed: int, device: torch.device) -> Tensor:
+    """Boolean (rows, cols) mask, True where a weight is dropped, replayable from ``seed``.
+
+    One 64-bit draw gives four 16-bit lanes, each compared with a threshold, so the drop
+    probability is p rounded to a multiple of 1/65536 [ours]: a third of the cost of
+    ``bernoulli_`` on the CPU, which mattered because the mask is drawn again in backward.
+    """
+    g = torch.Generator(device=device)
     g.manual_seed(seed)
-    keep = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - p, generator=g)
-    return keep.mul_(1.0 / (1.0 - p))
+    numel = shape[0] * shape[1]
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None, generator=g)
+    return words.view(torch.int16)[:numel].view(shape) < _drop_threshold(p)
+
+
+def _drop_threshold(p: float) -> int:
+    return -32768 + round(p * 65536)
+
+
+def dropout_keep_scale(p: float) -> float:
+    """1 / (1 - p) for the quantised p that ``dropout_drop_mask`` really uses."""
+    return 65536 / (65536 - round(p * 65536))
 
 
 class _MoSBlockAttention(torch.autograd.Function):
@@ -192,29 +233,47 @@ class _MoSBlockAttention(torch.autograd.Function):
         Lk, Dv = v.shape[1], v.shape[2]
         rows = _block_rows(N, Lk, block_size)
         use_dropout = dropout_p > 0
+        # The dropout factor 1 / (1 - p) and, for N = 2, the sum of pi multiply the (rows x Dv)
+        # output instead of the (rows x Lk) weights.
+        c = dropout_keep_scale(dropout_p) if use_dropout else 1.0
         out = q.new_empty(B, Lq, Dv)
         S = q.new_empty(N, min(rows, Lq), Lk)
         W = q.new_empty(min(rows, Lq), Lk)
-        kT = k.transpose(-1, -2)
         nblocks = (Lq + rows - 1) // rows
         for b in range(B):
+            kT = k[b].transpose(-1, -2).contiguous()  # (N, d, Lk): ~10% faster products than a view
             pib = pi[b : b + 1]
+            out_scale = c
+            if N == 2:  # W = pi_0 P_0 + pi_1 P_1 = (pi_0 + pi_1) * lerp(P_0, P_1, t): one fused pass
+                total = pib.sum()
+                t = float(pib[0, 1] / total)
+                out_scale = c * float(total)
             for i, s in enumerate(range(0, Lq, rows)):
                 e = min(s + rows, Lq)
                 n = e - s
-                P = torch.matmul(q[b, :, s:e], kT[b], out=S[:, :n])
+                P = torch.matmul(q[b, :, s:e], kT, out=S[:, :n])
                 torch.softmax(P, -1, out=P)
                 Wb = W[:n]
-                torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
+                if N == 2:
+                    torch.lerp(P[0], P[1], t, out=Wb)
+                else:
+                    torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
                 if use_dropout:
-                    Wb.mul_(_dropout_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb))
-                torch.matmul(Wb, v[b], out=out[b, s:e])
+                    Wb.masked_fill_(dropout_drop_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb.device), 0.0)
+                ob = torch.matmul(Wb, v[b], out=out[b, s:e])
+                if out_scale != 1.0:
+                    ob.mul_(out_scale)
         ctx.save_for_backward(q, k, v, pi)
         ctx.cfg = (rows, dropout_p if use_dropout else 0.0, seed, nblocks)
         return out
 
     @staticmethod
     def backward(ctx, dout):
+        with torch.profiler.record_function(PROFILE_BACKWARD):
+            return _MoSBlockAttention._backward(ctx, dout)
+
+    @staticmethod
+    def _backward(ctx, dout):
         q, k, v, pi = ctx.saved_tensors
         rows, dropout_p, seed, nblocks = ctx.cfg
         B, N, Lq, _ = q.shape
@@ -229,22 +288,27 @@ class _MoSBlockAttention(torch.autograd.Function):
         T = q.new_empty(N, m, Lk)
         W = q.new_empty(m, Lk)
         dW = q.new_empty(m, Lk)
-        kT = k.transpose(-1, -2)
+        # With dropout, out = c * (M * W) v with W = sum_n pi_n P_n and c = 1 / (1 - p): take
+        # g = c * dout, then every formula below is the dropout-free one with masked W and dW.
+        c = dropout_keep_scale(dropout_p) if dropout_p > 0 else 1.0
+        g_all = dout * c if c != 1.0 else dout
         for b in range(B):
+            kT = k[b].transpose(-1, -2).contiguous()
             pib = pi[b : b + 1]
+            g = g_all[b]
             for i, s in enumerate(range(0, Lq, rows)):
                 e = min(s + rows, Lq)
                 n = e - s
-                P = torch.matmul(q[b, :, s:e], kT[b], out=S[:, :n])
+                P = torch.matmul(q[b, :, s:e], kT, out=S[:, :n])
                 torch.softmax(P, -1, out=P)
                 Wb, dWb = W[:n], dW[:n]
                 torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
-                torch.matmul(dout[b, s:e], v[b].t(), out=dWb)
+                torch.matmul(g[s:e], v[b].t(), out=dWb)
                 if dropout_p > 0:
-                    mask = _dropout_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb)
-                    Wb.mul_(mask)
-                    dWb.mul_(mask)
-                dv[b].addmm_(Wb.t(), dout[b, s:e])
+                    drop = dropout_drop_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb.device)
+                    Wb.masked_fill_(drop, 0.0)
+                    dWb.masked_fill_(drop, 0.0)
+                dv[b].addmm_(Wb.t(), g[s:e])
                 # T_n = P_n * dW;  r_n = rowsum(T_n);  dS_n / pi_n = T_n - P_n * r_n
                 Tb = torch.mul(P, dWb, out=T[:, :n])
                 r = Tb.sum(dim=-1, keepdim=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fptbench.ops import mos_attention
-from fptbench.ops.mos_attention import choose_impl, euclidean_as_dot
+from fptbench.ops.mos_attention import choose_impl, dropout_keep_scale, euclidean_as_dot
 
 from .memory import largest_tensor_created
 
@@ -61,7 +61,7 @@ SHAPES = [  # B, Lq, Lk, D, N, Dv
 ]
 
 
-@pytest.mark.parametrize("impl", ["blocks", "sdpa"])
+@pytest.mark.parametrize("impl", ["blocks", "sdpa", "naive"])
 @pytest.mark.parametrize("similarity", ["dot", "euclidean"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_explicit_scores(impl, similarity, shape):
@@ -110,9 +110,10 @@ def test_blocks_bound_their_tiles_automatically():
     # With the automatic block size the tiles stay within DEFAULT_TILE_ELEMENTS-derived rows.
     from fptbench.ops.mos_attention import _block_rows
 
-    assert _block_rows(2, 66_800, 0) * 4 * 66_800 <= 1 << 25
-    assert _block_rows(4, 10, 0) == 4096  # short key sets: capped, not unbounded
-    assert _block_rows(2, 10**9, 0) == 16  # huge key sets: still a useful block
+    assert _block_rows(2, 66_800, 0) == 128  # ST at P2 of an 800x1333 image
+    assert _block_rows(4, 1_050, 0) == 1024
+    assert _block_rows(4, 10, 0) == 1024  # short key sets: capped, not unbounded
+    assert _block_rows(2, 10**9, 0) == 16  # huge key sets: the memory cap wins, still a block
 
 
 def test_dropout_is_on_mixed_weights_and_backward_replays_the_mask():
@@ -133,7 +134,8 @@ def test_dropout_is_on_mixed_weights_and_backward_replays_the_mask():
     W = reference(q, k, eye, pi)
     ratio = dropped / W
     kept = ratio > 0.5
-    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / 0.7))
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], dropout_keep_scale(0.3)))
+    assert abs(dropout_keep_scale(0.3) - 1 / 0.7) < 1e-4  # p quantised to 1/65536
     assert (ratio[~kept].abs() < 1e-12).all()
     assert 0.6 < kept.double().mean().item() < 0.8
 
