@@ -57,10 +57,11 @@ class ConfigError(ValueError):
 class Key:
     """Declaration of one config key.
 
-    ``type`` is one of ``int``, ``float``, ``bool``, ``str``; an int is accepted (and stored as
-    float) where a float is expected; ``None`` is accepted only when ``nullable``.
-    ``choices`` restricts a value to a fixed set; ``min``/``max`` bound a number, inclusive.
-    ``doc`` is the one-line meaning, with the unit.
+    ``type`` is one of ``int``, ``float``, ``bool``, ``str``, or ``list`` with ``item`` the type of
+    its elements; an int is accepted (and stored as float) where a float is expected; ``None`` is
+    accepted only when ``nullable``. ``choices`` restricts a value (each element of a list) to a
+    fixed set; ``min``/``max`` bound a number (each element), inclusive. ``doc`` is the one-line
+    meaning, with the unit.
     """
 
     default: Any
@@ -70,6 +71,7 @@ class Key:
     nullable: bool = False
     min: float | None = None
     max: float | None = None
+    item: type | None = None
 
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
@@ -78,7 +80,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
 # The one declaration of every key: dotted name -> Key(default, type, doc, ...).
 # Tags as in the spec: [paper], [code] (the authors' repository), [ours].
 SCHEMA: dict[str, Key] = {
-    "seed": Key(0, int, "random seed for weight initialisation and synthetic inputs"),
+    "seed": Key(0, int, "random seed: weight initialisation, data order, augmentation, synthetic inputs"),
+    "DEBUG": Key(False, bool, "quick check as in the seed's --set DEBUG true: data.max_images = 8 unless set, train.max_iter <= 20"),
     # model: the torchvision detector around the pyramid
     "model.backbone": Key("resnet50", str, "trunk whose C2..C5 feed the pyramid (torchvision name, randomly initialised)", choices=BACKBONES),
     "model.head": Key("mask_rcnn", str, "torchvision detector: mask_rcnn (boxes + masks) or faster_rcnn (boxes)", choices=("mask_rcnn", "faster_rcnn")),
@@ -87,6 +90,17 @@ SCHEMA: dict[str, Key] = {
     "model.backbone_norm": Key("bn", str, "trunk normalisation: bn = nn.BatchNorm2d (torchvision without pretrained weights), frozen_bn = FrozenBatchNorm2d", choices=("bn", "frozen_bn")),
     "model.min_size": Key(800, int, "resized short image side, pixels (GeneralizedRCNNTransform)", min=1),
     "model.max_size": Key(1333, int, "cap on the resized long image side, pixels (GeneralizedRCNNTransform)", min=1),
+    "model.pixel": Key("torchvision", str, "pixel convention: torchvision = RGB in [0, 1] normalised by ImageNet mean/std; caffe = BGR in [0, 255] minus the Detectron mean, no std (Detectron weights)", choices=("torchvision", "caffe")),
+    "model.box_score_thresh": Key(0.05, float, "detections scoring below this are dropped at inference (torchvision: 0.05)", min=0.0, max=1.0),
+    "model.box_detections_per_img": Key(100, int, "most detections kept per image (torchvision and COCO: 100)", min=1),
+    "model.anchor_sizes": Key([32, 64, 128, 256, 512], list, "RPN anchor side per level P2..P6, pixels, aspect ratios 0.5/1/2 (torchvision's defaults)", item=int, min=1),
+    "model.rpn_pre_nms_top_n_train": Key(2000, int, "RPN proposals kept per level before NMS in training (torchvision: 2000)", min=1),
+    "model.rpn_post_nms_top_n_train": Key(2000, int, "RPN proposals kept after NMS in training (torchvision: 2000)", min=1),
+    "model.rpn_pre_nms_top_n_test": Key(1000, int, "RPN proposals kept per level before NMS at inference (torchvision: 1000)", min=1),
+    "model.rpn_post_nms_top_n_test": Key(1000, int, "RPN proposals kept after NMS at inference (torchvision: 1000)", min=1),
+    "model.box_batch_size_per_image": Key(512, int, "RoIs sampled per image for the box (and mask) head losses (torchvision: 512)", min=1),
+    "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
+    "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
     # fpt: which transformers the neck has and how their outputs are fused
     "fpt.st": Key(True, bool, "Self-Transformer on every level (non-local interaction within a level)"),
     "fpt.gt": Key(True, bool, "Grounding Transformer, top-down (fine queries, coarse keys/values)"),
@@ -109,8 +123,33 @@ SCHEMA: dict[str, Key] = {
     # rt: Rendering Transformer
     "rt.variant": Key("paper", str, "paper = 3x3 conv after the GAP channel weighting [paper]; code = conv before it, 1x1 conv on the GAP vector [code]", choices=("paper", "code")),
     # attention: how mixture attention is computed (results are equal up to rounding)
-    "attention.impl": Key("auto", str, "sdpa = one fused attention call per part, blocks = query blocks with one V product, auto = pick per device and shape", choices=("auto", "sdpa", "blocks")),
+    "attention.impl": Key("auto", str, "sdpa = one fused attention call per part, blocks = query blocks with one V product, auto = pick per device and shape, naive = materialised scores (memory-quadratic baseline)", choices=("auto", "sdpa", "blocks", "naive")),
     "attention.block_size": Key(0, int, "queries per block for the blocks kernel, rows (0 = automatic)", min=0),
+    # data: where images and annotations come from (fptbench.data)
+    "data.root": Key("data/coco", str, "dataset folder: annotations/instances_{split}.json and images/{split}/ (the seed's layout); relative paths are from the working directory"),
+    "data.train": Key("coco2017_train", str, "training split: a named dataset (coco2017_train, coco2014_train, ...) or a split name under data.root"),
+    "data.test": Key("coco2017_val", str, "evaluation split, as data.train (coco2017_val, coco2014_minival, ...)"),
+    "data.num_workers": Key(2, int, "data-loader worker processes per device (0 = load in the main process)", min=0),
+    "data.max_images": Key(0, int, "use only the first N images of each split, by image id (0 = all)", min=0),
+    "data.flip": Key(True, bool, "random horizontal flip in training (probability 0.5)"),
+    # train: optimisation and schedule (fptbench.engine); iterations count optimizer steps
+    "train.images_per_device": Key(2, int, "images per device per iteration [code: 2 per GPU]", min=1),
+    "train.max_iter": Key(90000, int, "length of the run, iterations", min=1),
+    "train.base_lr": Key(0.02, float, "SGD learning rate after warm-up, for the whole batch", min=0.0),
+    "train.momentum": Key(0.9, float, "SGD momentum [code]", min=0.0, max=1.0),
+    "train.weight_decay": Key(1.0e-4, float, "SGD weight decay [code]", min=0.0),
+    "train.warmup_iters": Key(500, int, "linear warm-up length, iterations [code: 500]", min=0),
+    "train.warmup_factor": Key(0.3333333333, float, "learning-rate factor at iteration 0 of the warm-up [code: 1/3]", min=0.0, max=1.0),
+    "train.steps": Key([60000, 80000], list, "iterations at which the learning rate is multiplied by train.gamma", item=int, min=0),
+    "train.gamma": Key(0.1, float, "learning-rate factor at each of train.steps", min=0.0),
+    "train.min_sizes": Key([], list, "short sides drawn from per training image, pixels ([] = model.min_size; [code]: 400..1200)", item=int, min=1),
+    "train.max_size": Key(0, int, "cap on the long side in training, pixels (0 = model.max_size; [code]: 1400)", min=0),
+    "train.clip_grad_norm": Key(0.0, float, "clip the global gradient norm to this (0 = no clipping)", min=0.0),
+    "train.amp": Key(True, bool, "mixed precision (fp16 autocast + grad scaling) on CUDA; ignored on the CPU"),
+    "train.cpu_bf16": Key(False, bool, "bf16 autocast on the CPU (off: fp32, bitwise-reproducible)"),
+    "train.checkpoint_period": Key(5000, int, "write a checkpoint every N iterations (and at the end)", min=1),
+    "train.log_period": Key(20, int, "log scalars to TensorBoard every N iterations", min=1),
+    "train.eval_at_end": Key(True, bool, "evaluate on data.test when training ends and write result.json"),
 }
 
 
@@ -140,6 +179,10 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
+def _type_name(spec: Key) -> str:
+    return f"a list of {spec.item.__name__}" if spec.type is list else spec.type.__name__
+
+
 def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
     """Return ``value`` checked against ``spec`` (an int becomes float where a float is expected).
 
@@ -148,7 +191,12 @@ def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
     if value is None:
         if spec.nullable:
             return None
-        raise ConfigError(f"{where}: key '{key}' expects {spec.type.__name__}, got null")
+        raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got null")
+    if spec.type is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {_describe(value)}")
+        item = Key(None, spec.item, spec.doc, choices=spec.choices, min=spec.min, max=spec.max)
+        return [_check_value(f"{key}[{i}]", v, item, where) for i, v in enumerate(value)]
     if spec.type is bool:
         ok = isinstance(value, bool)
     elif spec.type is int:
@@ -169,7 +217,7 @@ def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
                 pass
         elif spec.type is bool:
             hint = " (write true or false)"
-        raise ConfigError(f"{where}: key '{key}' expects {spec.type.__name__}, got {_describe(value)}{hint}")
+        raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {_describe(value)}{hint}")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(map(str, spec.choices))}; "
                           f"got {value!r}")
@@ -394,6 +442,10 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
                    f"(gt.normalizer=mos)")
     if flat["gt.window"] != 0 and flat["gt.window"] % 2 == 0:
         raise fail(f"gt.window={flat['gt.window']} must be 0 (global GT) or an odd window side >= 1")
+    if len(flat["model.anchor_sizes"]) != 5:
+        raise fail(f"model.anchor_sizes={flat['model.anchor_sizes']} needs one size per level P2..P6 (5 values)")
+    if flat["train.steps"] != sorted(flat["train.steps"]):
+        raise fail(f"train.steps={flat['train.steps']} must be in increasing order")
     if flat["model.min_size"] > flat["model.max_size"]:
         raise fail(f"model.min_size={flat['model.min_size']} must be <= model.max_size={flat['model.max_size']}")
     return _nest(flat)

@@ -26,13 +26,18 @@ from fptbench.config import (
     load_config,
 )
 
-SHIPPED = sorted(
+PAPER = sorted(
     [f"{head}_{trunk}_{neck}" for head in ("maskrcnn", "fasterrcnn") for trunk in ("r50", "r101", "x101_64x4d")
      for neck in ("bfp", "fpt")]
     + [f"maskrcnn_x101_32x8d_{neck}" for neck in ("bfp", "fpt")]
 )
+SYNTH = ["synth_r18_bfp", "synth_r18_fpt"]  # the embedded dataset's configs (fptbench.data.synth)
+SHIPPED = sorted(PAPER + SYNTH)
 TRUNKS = {"r50": "resnet50", "r101": "resnet101", "x101_32x8d": "resnext101_32x8d",
-          "x101_64x4d": "resnext101_64x4d"}
+          "x101_64x4d": "resnext101_64x4d", "r18": "resnet18"}
+# Top-level names in schema order: scalars (seed, DEBUG) and sections.
+TOP = ["seed", "DEBUG", "model", "fpt", "st", "gt", "rt", "attention", "data", "train"]
+SCALARS = [name for name in TOP if name in SCHEMA]
 
 
 def write(path: Path, text: str) -> Path:
@@ -55,9 +60,17 @@ def error_of(*args, **kwargs) -> str:
 def test_defaults_are_the_interface_values():
     cfg = default_config()
     assert cfg["seed"] == 0
+    assert cfg["DEBUG"] is False
     assert cfg["model"] == {"backbone": "resnet50", "head": "mask_rcnn", "num_classes": 91,
                             "trainable_backbone_layers": 5, "backbone_norm": "bn",
-                            "min_size": 800, "max_size": 1333}
+                            "min_size": 800, "max_size": 1333, "pixel": "torchvision",
+                            "box_score_thresh": 0.05, "box_detections_per_img": 100,
+                            # torchvision's RPN / RoI defaults, so that BFP stays torchvision's model
+                            "anchor_sizes": [32, 64, 128, 256, 512],
+                            "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
+                            "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
+                            "box_batch_size_per_image": 512,
+                            "weights": "", "backbone_weights": ""}
     assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all", "norm": "gn"}
     assert cfg["st"] == {"normalizer": "mos", "parts": 2, "pool_kv": False, "shared_qk": False,
                          "attn_dropout": 0.1}
@@ -65,7 +78,11 @@ def test_defaults_are_the_interface_values():
                          "window": 0}
     assert cfg["rt"] == {"variant": "paper"}
     assert cfg["attention"] == {"impl": "auto", "block_size": 0}
-    assert list(cfg) == ["seed", "model", "fpt", "st", "gt", "rt", "attention"]
+    # the authors' optimiser and schedule shape [code]: SGD 0.9 / 1e-4, warm-up from 1/3
+    assert (cfg["train"]["momentum"], cfg["train"]["weight_decay"], cfg["train"]["warmup_iters"]) == (0.9, 1e-4, 500)
+    assert cfg["train"]["warmup_factor"] == pytest.approx(1 / 3)
+    assert cfg["data"]["root"] == "data/coco" and cfg["data"]["train"] == "coco2017_train"
+    assert list(cfg) == TOP
 
 
 def test_every_key_is_documented_and_its_default_is_valid():
@@ -80,7 +97,7 @@ def test_every_key_is_documented_and_its_default_is_valid():
 def test_config_is_plain_json():
     cfg = load_config("maskrcnn_r50_fpt")
     assert json.loads(json.dumps(cfg)) == cfg
-    assert type(cfg) is dict and all(type(v) is dict for k, v in cfg.items() if k != "seed")
+    assert type(cfg) is dict and all(type(v) is dict for k, v in cfg.items() if k not in SCALARS)
     assert isinstance(cfg["st"]["attn_dropout"], float)
 
 
@@ -95,7 +112,7 @@ def test_every_shipped_config_loads(name):
     cfg = load_config(name)
     head, rest = name.split("_", 1)
     trunk, neck = rest.rsplit("_", 1)
-    assert cfg["model"]["head"] == {"maskrcnn": "mask_rcnn", "fasterrcnn": "faster_rcnn"}[head]
+    assert cfg["model"]["head"] == {"maskrcnn": "mask_rcnn", "fasterrcnn": "faster_rcnn", "synth": "mask_rcnn"}[head]
     assert cfg["model"]["backbone"] == TRUNKS[trunk]
     on = neck == "fpt"
     assert (cfg["fpt"]["st"], cfg["fpt"]["gt"], cfg["fpt"]["rt"]) == (on, on, on)
@@ -223,7 +240,7 @@ def test_unknown_file_key_suggests_the_closest(tmp_path):
 def test_unknown_key_without_a_close_match_lists_the_sections(tmp_path):
     path = write(tmp_path / "x.yaml", "zzzz: 1\n")
     assert error_of(path) == (
-        f"{path}: unknown key 'zzzz'; valid top-level names: seed, model, fpt, st, gt, rt, attention")
+        f"{path}: unknown key 'zzzz'; valid top-level names: {', '.join(TOP)}")
 
 
 def test_wrong_type_names_the_expected_type(tmp_path):
@@ -351,9 +368,27 @@ def test_dump_is_yaml_in_schema_order_with_a_comment_per_key(tmp_path):
     text = dump_config(cfg)
     assert yaml.safe_load(text) == cfg
     tops = [line.split(":")[0] for line in text.splitlines() if not line.startswith(" ")]
-    assert tops == ["seed", "model", "fpt", "st", "gt", "rt", "attention"]
-    keys = [line for line in text.splitlines() if line.startswith("  ") or line.startswith("seed")]
+    assert tops == TOP
+    keys = [line for line in text.splitlines() if line.startswith("  ") or line.split(":")[0] in SCALARS]
     assert len(keys) == len(SCHEMA) and all("  # " in line for line in keys)
     # the dump is itself a config file that loads to the same config
     path = write(tmp_path / "dumped.yaml", text)
     assert load_config(path) == cfg and config_hash(load_config(path)) == config_hash(cfg)
+
+
+# --- list-valued keys ------------------------------------------------------------------------
+
+def test_list_keys_are_checked_element_by_element():
+    cfg = load_config("maskrcnn_r50_fpt", [("train.steps", "[5, 10]"), ("train.min_sizes", "[400, 600]")])
+    assert cfg["train"]["steps"] == [5, 10] and cfg["train"]["min_sizes"] == [400, 600]
+    assert error_of("maskrcnn_r50_fpt", [("train.steps", "5")]).endswith(
+        "key 'train.steps' expects a list of int, got int 5")
+    assert error_of("maskrcnn_r50_fpt", [("train.steps", "[a]")]).endswith(
+        "key 'train.steps[0]' expects int, got str 'a'")
+    assert error_of("maskrcnn_r50_fpt", [("model.anchor_sizes", "[8, 0, 32, 64, 128]")]).endswith(
+        "key 'model.anchor_sizes[1]' must be >= 1, got 0")
+
+
+def test_list_cross_key_rules():
+    assert "must be in increasing order" in error_of("maskrcnn_r50_fpt", [("train.steps", "[10, 5]")])
+    assert "one size per level P2..P6 (5 values)" in error_of("maskrcnn_r50_fpt", [("model.anchor_sizes", "[8, 16]")])

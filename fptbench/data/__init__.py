@@ -1,0 +1,47 @@
+"""Data: COCO-format instance segmentation for torchvision's detectors, and an embedded synthetic set.
+
+- :data:`DATASETS` / :func:`resolve_split` (``catalog.py``): named splits in the seed's layout.
+- :class:`CocoDetection` (``coco.py``): ``(image, target)`` pairs read with pycocotools.
+- :func:`read_image` / :data:`PIXEL_STATS` (``image.py``): the two pixel conventions.
+- :func:`build_dataset` (``build.py``): the dataset a config names.
+- :func:`~fptbench.data.synth.write_synth` (``synth.py``): the embedded synthetic dataset.
+
+Importing this package is cheap: torch and pycocotools load only when a name that needs them
+is first used (``fptbench data synth`` needs neither torch nor torchvision).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fptbench.data.catalog import DATASETS, resolve_split
+
+__all__ = [
+    "DATASETS",
+    "PIXEL_STATS",
+    "CocoDetection",
+    "build_dataset",
+    "read_image",
+    "resolve_split",
+    "write_synth",
+]
+
+# public name -> submodule that defines it, imported on first use (PEP 562)
+_LAZY = {
+    "CocoDetection": "coco",
+    "load_coco": "coco",
+    "build_dataset": "build",
+    "read_image": "image",
+    "to_pixels": "image",
+    "to_uint8_rgb": "image",
+    "PIXEL_STATS": "image",
+    "write_synth": "synth",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f"fptbench.data.{_LAZY[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module 'fptbench.data' has no attribute {name!r}")

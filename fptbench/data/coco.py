@@ -1,0 +1,322 @@
+"""COCO-format instance segmentation as ``(image, target)`` pairs for torchvision's detectors.
+
+Annotations are read once with pycocotools (:func:`load_coco`); masks are decoded per item with
+``pycocotools.mask`` (polygons, compressed and uncompressed RLE), exactly as
+``COCO.annToMask`` does.
+
+Training mode follows torchvision's detection references [code: references/detection/
+coco_utils.py]: crowd regions are dropped (their pixels are neither positives nor negatives in
+COCOeval, and torchvision's losses have no "ignore" region), and so are annotations with a
+degenerate box (width or height <= 1 px after clipping to the image) [ours: the references drop
+width/height <= 0 boxes and images whose boxes are all <= 1 px] or an empty mask [ours]; images
+left with no annotation are left out. Every drop is counted in :attr:`CocoDetection.skipped`.
+Evaluation mode keeps every annotation (COCOeval reads the ground truth from ``.coco``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import operator
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_utils
+import torch
+import torchvision.transforms.v2.functional as F
+from pycocotools.coco import COCO
+from torch import Tensor
+from torchvision import tv_tensors
+
+from fptbench.data.image import PIXELS, read_image
+from fptbench.errors import UsageError
+
+__all__ = ["CocoDetection", "load_coco", "segmentation_rle"]
+
+# Counter keys of CocoDetection.skipped
+SKIP_CROWD = "crowd"
+SKIP_DEGENERATE = "degenerate_box"
+SKIP_EMPTY_MASK = "empty_mask"
+SKIP_IMAGE = "image_without_annotations"
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_dataset(data: Any, path: Path) -> None:
+    """The structure pycocotools and this module rely on; one-line UsageError at the first flaw."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object with images, annotations and categories, "
+                         f"got {type(data).__name__}")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            got = "missing" if key not in data else type(data[key]).__name__
+            raise UsageError(f"{path}: '{key}' must be a list ({got})")
+    cat_ids: set = set()
+    for i, cat in enumerate(data["categories"]):
+        if not (isinstance(cat, dict) and isinstance(cat.get("id"), int) and isinstance(cat.get("name"), str)):
+            raise UsageError(f"{path}: categories[{i}] must have an integer 'id' and a string 'name'")
+        if cat["id"] < 1:
+            raise UsageError(f"{path}: categories[{i}]: id {cat['id']} must be >= 1 (0 is the background label)")
+        cat_ids.add(cat["id"])
+    img_ids: set = set()
+    for i, img in enumerate(data["images"]):
+        ok = (isinstance(img, dict) and isinstance(img.get("id"), int) and isinstance(img.get("file_name"), str)
+              and isinstance(img.get("height"), int) and isinstance(img.get("width"), int)
+              and img["height"] > 0 and img["width"] > 0)
+        if not ok:
+            raise UsageError(f"{path}: images[{i}] must have an integer 'id', a string 'file_name' and "
+                             f"positive integer 'height' and 'width'")
+        if img["id"] in img_ids:
+            raise UsageError(f"{path}: images[{i}]: image id {img['id']} appears twice")
+        img_ids.add(img["id"])
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}]"
+        if not (isinstance(ann, dict) and isinstance(ann.get("id"), int)):
+            raise UsageError(f"{where} must be an object with an integer 'id'")
+        where += f" (id {ann['id']})"
+        if ann.get("image_id") not in img_ids:
+            raise UsageError(f"{where}: image_id {ann.get('image_id')!r} is not an image of the file")
+        if ann.get("category_id") not in cat_ids:
+            raise UsageError(f"{where}: category_id {ann.get('category_id')!r} is not a category of the file")
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+            raise UsageError(f"{where}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+        if not isinstance(ann.get("segmentation"), (list, dict)):
+            raise UsageError(f"{where}: 'segmentation' must be a list of polygons or an RLE object")
+
+
+def load_coco(path: str | Path) -> COCO:
+    """A pycocotools ``COCO`` index of an instance-annotation file, checked.
+
+    The JSON is parsed here (not by ``COCO(path)``) so that a syntax error is reported with its
+    line and column, and the structure is checked before pycocotools indexes it.
+
+    Raises:
+        UsageError: ``"PATH: not found"``, ``"PATH: malformed JSON at line L, column C: ..."``, or
+            the first structural flaw (a missing key, an annotation of an unknown image, ...).
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: not found") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read: {err.strerror or err}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path}: malformed JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    _check_dataset(data, path)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints progress lines
+        coco.createIndex()
+    return coco
+
+
+def segmentation_rle(segm: list | dict, height: int, width: int) -> dict:
+    """One RLE of an annotation's ``segmentation``, as ``COCO.annToRLE`` builds it.
+
+    Args:
+        segm: a list of polygons ``[[x0, y0, x1, y1, ...], ...]`` (pixel-edge coordinates), an
+            uncompressed RLE ``{"size": [h, w], "counts": [int, ...]}`` (column-major runs,
+            starting with zeros) or a compressed one (``counts`` a string).
+        height, width: the image size.
+
+    Returns:
+        dict: a compressed RLE of size (height, width); an empty polygon list gives an empty mask.
+
+    Raises:
+        ValueError: the RLE's size is not (height, width), or pycocotools rejects the input.
+    """
+    if isinstance(segm, list):
+        if not segm:
+            return mask_utils.encode(np.zeros((height, width), dtype=np.uint8, order="F"))
+        return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+    size = list(segm.get("size", ()))
+    if size != [height, width]:
+        raise ValueError(f"RLE size {size} is not the image's [height, width] = [{height}, {width}]")
+    if isinstance(segm.get("counts"), list):  # uncompressed RLE (COCO's crowd regions)
+        return mask_utils.frPyObjects(segm, height, width)
+    return segm
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """A COCO-format instance-segmentation split.
+
+    Args:
+        root (str | Path): dataset folder (``data.root``); ``ann_file`` and ``img_dir`` are
+            relative to it (or absolute).
+        ann_file (str | Path): the instances JSON.
+        img_dir (str | Path): the folder that ``images[].file_name`` is relative to.
+        pixel (str): ``"torchvision"`` (RGB in [0, 1]) or ``"caffe"`` (BGR in [0, 255]).
+        train (bool): drop crowd regions, degenerate boxes, empty masks, and images left with
+            no annotation (counted in :attr:`skipped`); otherwise keep everything.
+        max_images (int): keep only the first N images by sorted image id (0 = all); in
+            training the first N that still have an annotation.
+
+    Attributes:
+        coco (COCO): the pycocotools index of the whole file (the evaluator's ground truth).
+        ids (list[int]): image ids of the items, in order (sorted).
+        skipped (Counter): what was dropped and why: ``crowd``, ``degenerate_box``,
+            ``empty_mask`` (annotations), ``image_without_annotations`` (images).
+        categories (dict[int, str]): category id (= label) -> name.
+
+    Items: ``dataset[i]`` or ``dataset[(i, flip)]`` returns ``(image, target)``:
+        image (Tensor): (3, H, W) float32 in the ``pixel`` convention, the file's full size.
+        target (dict): ``boxes`` (N, 4) float32 xyxy pixels; ``labels`` (N,) int64 (category
+        ids); ``masks`` (N, H, W) uint8; ``image_id`` int; ``area`` (N,) float32 (the
+        annotation's ``area``, else its box's); ``iscrowd`` (N,) int64. ``flip=True`` mirrors image, boxes and masks
+        horizontally (x -> W - x).
+
+    Raises:
+        UsageError: annotation file missing or malformed, no image left, image folder or an image file missing
+            (checked for every kept image at construction), an unreadable image, an image whose
+            size differs from its annotation, an undecodable segmentation.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        ann_file: str | Path,
+        img_dir: str | Path,
+        *,
+        pixel: str = "torchvision",
+        train: bool = False,
+        max_images: int = 0,
+    ) -> None:
+        if pixel not in PIXELS:
+            raise UsageError(f"model.pixel: {pixel!r} is not one of {', '.join(PIXELS)}")
+        if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0:
+            raise UsageError(f"data.max_images: {max_images!r} is not an integer >= 0")
+        self.root = Path(root)
+        self.ann_file = self.root / ann_file
+        self.img_dir = self.root / img_dir
+        self.pixel = pixel
+        self.train = train
+        self.coco = load_coco(self.ann_file)
+        self.categories: dict[int, str] = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
+        self.skipped: Counter = Counter()
+        # image id -> its annotations, sorted by annotation id (kept ones only in training)
+        self._anns: dict[int, list[dict]] = {}
+        self.ids: list[int] = []
+        for img_id in sorted(self.coco.imgs):
+            if max_images and len(self.ids) >= max_images:
+                break
+            anns = sorted(self.coco.imgToAnns.get(img_id, []), key=operator.itemgetter("id"))
+            if train:
+                anns = [ann for ann in anns if self._keep(ann)]
+                if not anns:
+                    self.skipped[SKIP_IMAGE] += 1
+                    continue
+            self.ids.append(img_id)
+            self._anns[img_id] = anns
+        if not self.ids:
+            dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
+            raise UsageError(f"{self.ann_file}: no images to {'train on' if train else 'evaluate'}"
+                             + (f" (dropped: {dropped})" if dropped else ""))
+        self._check_image_files()
+
+    # -- construction helpers -----------------------------------------------------------------
+
+    def _rle(self, ann: dict) -> dict:
+        info = self.coco.imgs[ann["image_id"]]
+        try:
+            return segmentation_rle(ann["segmentation"], info["height"], info["width"])
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise UsageError(f"{self.ann_file}: annotation id {ann['id']}: cannot decode the "
+                             f"segmentation: {reason}") from None
+
+    def _xyxy(self, ann: dict) -> tuple[float, float, float, float]:
+        """The annotation's box as xyxy, clipped to the image."""
+        info = self.coco.imgs[ann["image_id"]]
+        x, y, w, h = ann["bbox"]
+        x1, y1 = min(max(x, 0.0), info["width"]), min(max(y, 0.0), info["height"])
+        x2, y2 = min(max(x + w, 0.0), info["width"]), min(max(y + h, 0.0), info["height"])
+        return float(x1), float(y1), float(x2), float(y2)
+
+    def _keep(self, ann: dict) -> bool:
+        """Training filter; counts the reason of a drop. The mask is measured as an RLE (no decoding)."""
+        if ann.get("iscrowd", 0):
+            self.skipped[SKIP_CROWD] += 1
+            return False
+        x1, y1, x2, y2 = self._xyxy(ann)
+        if x2 - x1 <= 1 or y2 - y1 <= 1:
+            self.skipped[SKIP_DEGENERATE] += 1
+            return False
+        if int(mask_utils.area(self._rle(ann))) == 0:
+            self.skipped[SKIP_EMPTY_MASK] += 1
+            return False
+        return True
+
+    def _check_image_files(self) -> None:
+        """Every kept image exists: one listing of the folder, not one stat per file."""
+        if not self.img_dir.is_dir():
+            raise UsageError(f"{self.img_dir}: image folder not found (images of {self.ann_file})")
+        present = set(os.listdir(self.img_dir))
+        missing = []
+        for img_id in self.ids:
+            name = self.coco.imgs[img_id]["file_name"]
+            found = name in present if "/" not in name else (self.img_dir / name).is_file()
+            if not found:
+                missing.append(name)
+        if missing:
+            raise UsageError(f"{self.img_dir / missing[0]}: image not found ({len(missing)} of the "
+                             f"{len(self.ids)} images of {self.ann_file} missing)")
+
+    # -- items --------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Any]]:
+        if isinstance(key, tuple):
+            index, flip = key
+        else:
+            index, flip = key, False
+        img_id = self.ids[operator.index(index)]
+        info = self.coco.imgs[img_id]
+        height, width = info["height"], info["width"]
+        path = self.img_dir / info["file_name"]
+        image = read_image(path, self.pixel)
+        if tuple(image.shape[-2:]) != (height, width):
+            raise UsageError(f"{path}: image is {image.shape[-1]}x{image.shape[-2]} pixels but "
+                             f"{self.ann_file} says {width}x{height}")
+        anns = self._anns[img_id]
+        n = len(anns)
+        boxes = torch.tensor([self._xyxy(a) for a in anns], dtype=torch.float32).reshape(n, 4)
+        if n:
+            decoded = [mask_utils.decode(self._rle(a)) for a in anns]  # (H, W) uint8 each
+            masks = torch.from_numpy(np.ascontiguousarray(np.stack(decoded)))
+        else:
+            masks = torch.zeros((0, height, width), dtype=torch.uint8)
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64),
+            "masks": masks,
+            "image_id": int(img_id),
+            "area": torch.tensor([float(a["area"] if "area" in a else a["bbox"][2] * a["bbox"][3])
+                                  for a in anns], dtype=torch.float32),
+            "iscrowd": torch.tensor([int(a.get("iscrowd", 0)) for a in anns], dtype=torch.int64),
+        }
+        if flip:
+            image = F.horizontal_flip(image)
+            target["boxes"] = F.horizontal_flip_bounding_boxes(
+                boxes, format=tv_tensors.BoundingBoxFormat.XYXY, canvas_size=(height, width))
+            target["masks"] = F.horizontal_flip_mask(masks)
+        return image, target
+
+    def __repr__(self) -> str:
+        mode = "train" if self.train else "test"
+        skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        return (f"CocoDetection({self.ann_file}, {len(self)} images, {len(self.categories)} categories, "
+                f"{mode}, pixel={self.pixel}, skipped: {skipped})")

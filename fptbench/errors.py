@@ -1,0 +1,9 @@
+"""Errors the user can act on. Each carries a one-line message naming the file, key or value."""
+
+from __future__ import annotations
+
+__all__ = ["UsageError"]
+
+
+class UsageError(Exception):
+    """Bad input (a file, argument or value): the CLI prints ``fptbench: error: MESSAGE`` and exits 2."""
