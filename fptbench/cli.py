@@ -17,13 +17,10 @@ from typing import Callable, Sequence
 
 from fptbench import __version__
 from fptbench.config import ConfigError, config_hash, dump_config, load_config
+from fptbench.errors import UsageError
 
 MIN_SIDE = 32
 """Smallest image side ``forward`` accepts, pixels: the trunk's output stride."""
-
-
-class UsageError(Exception):
-    """A command-line mistake; reported as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,6 +118,120 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train / eval / infer
+
+def _data_root_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="dataset folder (annotations/ and images/); same as --set data.root DIR")
+
+
+def _run_config(args: argparse.Namespace) -> dict:
+    overrides = [tuple(pair) for pair in args.overrides]
+    if getattr(args, "data_root", None):
+        overrides.append(("data.root", args.data_root))
+    return load_config(args.name, overrides)
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--output", required=True, metavar="DIR",
+                        help="run folder: checkpoints/, tensorboard/, result.json")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from DIR/checkpoints/last.pth (exactly: same final weights)")
+    parser.add_argument("--load-ckpt", metavar="PATH",
+                        help="start from these weights (an fptbench checkpoint or a torchvision detection .pth)")
+    parser.add_argument("--load-detectron", metavar="PATH",
+                        help="ResNet trunk weights from a Detectron (caffe2) .pkl; use with --set model.pixel caffe")
+    parser.add_argument("--no-save", action="store_true", help="write no checkpoints or TensorBoard logs")
+    _data_root_arg(parser)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train, then (train.eval_at_end) evaluate and write DIR/result.json."""
+    cfg = _run_config(args)
+    from fptbench.engine import train
+
+    train(cfg, args.output, resume=args.resume, load_ckpt=args.load_ckpt,
+          load_detectron=args.load_detectron, save=not args.no_save)
+    return 0
+
+
+def _eval_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--ckpt", required=True, metavar="PATH",
+                        help="weights to evaluate: an fptbench checkpoint or a torchvision detection .pth")
+    parser.add_argument("--output", required=True, metavar="DIR", help="where result.json is written")
+    _data_root_arg(parser)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """COCO evaluation (pycocotools) of a checkpoint on data.test; writes DIR/result.json."""
+    cfg = _run_config(args)
+    from fptbench.engine import evaluate_checkpoint
+
+    evaluate_checkpoint(cfg, args.ckpt, args.output)
+    return 0
+
+
+def _infer_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--ckpt", required=True, metavar="PATH", help="weights (fptbench checkpoint or torchvision .pth)")
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of .png/.jpg images")
+    parser.add_argument("--output", required=True, metavar="DIR", help="where drawn images and detections.json go")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="draw detections scoring at least T (default 0.5)")
+    _data_root_arg(parser)
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    """Draw detections (boxes, masks, class names, scores) on every image of a folder."""
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold: expected a score in [0, 1], got {args.threshold}")
+    cfg = _run_config(args)
+    from fptbench.checkpoint import load_detection_weights
+    from fptbench.data import build_dataset
+    from fptbench.engine.trainer import set_train_sizes
+    from fptbench.modeling import build_model
+    from fptbench.visualize import infer_images
+
+    model = build_model(cfg)
+    print(f"[fptbench] {load_detection_weights(model, args.ckpt).summary()}")
+    set_train_sizes(model, cfg, training=False)
+    # Class names come from the categories of the config's test split (COCO's, or the synthetic set's).
+    names = build_dataset(cfg, "test").categories
+    detections = infer_images(model, args.images, args.output, class_names=names,
+                              threshold=args.threshold, pixel=cfg["model"]["pixel"])
+    total = sum(len(d["detections"]) for d in detections)
+    print(f"infer: {len(detections)} images, {total} detections >= {args.threshold} -> {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", metavar="ACTION")
+    synth = sub.add_parser("synth", help="write the embedded synthetic COCO-format dataset",
+                           description="write the embedded synthetic COCO-format instance-segmentation dataset")
+    synth.add_argument("--out", required=True, metavar="DIR", help="dataset folder (annotations/, images/)")
+    synth.add_argument("--train", type=int, default=200, metavar="N", help="training images (default 200)")
+    synth.add_argument("--val", type=int, default=50, metavar="N", help="validation images (default 50)")
+    synth.add_argument("--size", type=int, default=128, metavar="S", help="image side, pixels (default 128)")
+    synth.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.data_command != "synth":
+        raise UsageError("data: an action is required: synth (see fptbench data --help)")
+    from fptbench.data.synth import summary_line, write_synth
+
+    start = time.perf_counter()
+    summary = write_synth(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+    print(f"{summary_line(summary)} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # the table
 
 @dataclass(frozen=True)
@@ -137,6 +248,10 @@ COMMANDS: tuple[Command, ...] = (
     Command("config", "print a resolved config as YAML with its hash", _config_args, cmd_config),
     Command("forward", "build a model and run one forward pass on a random image (CPU is enough)",
             _forward_args, cmd_forward),
+    Command("train", "train a model (DDP under torchrun/SLURM), checkpoint, then evaluate", _train_args, cmd_train),
+    Command("eval", "evaluate a checkpoint with pycocotools' COCOeval and write result.json", _eval_args, cmd_eval),
+    Command("infer", "draw a checkpoint's detections on a folder of images", _infer_args, cmd_infer),
+    Command("data", "datasets: `data synth` writes the embedded synthetic dataset", _data_args, cmd_data),
 )
 
 
@@ -161,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"a command is required, one of: {names} (see fptbench --help)")
         return args.run(args)
     except (UsageError, ConfigError) as err:
-        message = " ".join(str(err).splitlines())
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        # An error raised in a DataLoader worker comes back with the worker's traceback first.
+        message = lines[-1] if len(lines) > 1 and "Traceback" in str(err) else " ".join(lines)
         print(f"fptbench: error: {message}", file=sys.stderr)
         return 2

@@ -1,0 +1,78 @@
+"""``fptbench eval``: COCO evaluation of a model or checkpoint, written as the run record."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fptbench.engine.distributed import DistInfo, init_distributed
+
+__all__ = ["RESULT_FILE", "evaluate_model", "evaluate_checkpoint"]
+
+RESULT_FILE = "result.json"
+
+
+def evaluate_model(
+    cfg: dict,
+    model: torch.nn.Module,
+    output_dir: str | os.PathLike,
+    *,
+    info: DistInfo | None = None,
+    training: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run inference on ``data.test`` with pycocotools' COCOeval (bbox, and segm for Mask R-CNN),
+    then write ``OUTPUT/result.json`` (rank 0) and return the record.
+
+    ``training`` is the trainer's summary (iterations, wall_time_s, final_loss, weights_sha256)
+    or, for a bare checkpoint, what is known of it.
+    """
+    from fptbench.data import build_dataset
+    from fptbench.engine.trainer import set_train_sizes
+    from fptbench.evaluation import inference
+    from fptbench.records import make_record, write_json_atomic
+
+    info = info or init_distributed()
+    dataset = build_dataset(cfg, "test")
+    set_train_sizes(model, cfg, training=False)
+    metrics = inference(model, dataset, device=info.device, rank=info.rank, world_size=info.world_size, progress=progress)
+    training = dict(training or {})
+    record = make_record(
+        cfg,
+        metrics=metrics,
+        dataset={"name": cfg["data"]["test"], "images": len(dataset)},
+        iterations=training.pop("iterations", None),
+        wall_time_s=training.pop("wall_time_s", None),
+        device=info.device,
+    )
+    record["training"].update(training)  # final loss, weights digest, world size, checkpoint
+    if info.rank == 0:
+        write_json_atomic(Path(output_dir) / RESULT_FILE, record)
+        line = ", ".join(f"{kind} AP {m['AP']:.1f}" for kind, m in metrics.items())
+        print(f"[fptbench] evaluated {len(dataset)} images of {cfg['data']['test']}: {line} -> {Path(output_dir) / RESULT_FILE}")
+    return record
+
+
+def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
+    """Build the model of ``cfg``, load ``ckpt`` (ours or a torchvision detection file), evaluate."""
+    from fptbench.checkpoint import load_detection_weights
+    from fptbench.engine.checkpoint import load_checkpoint
+    from fptbench.engine.trainer import weights_digest
+    from fptbench.errors import UsageError
+    from fptbench.modeling import build_model
+
+    info = init_distributed()
+    model = build_model(cfg)
+    print(f"[fptbench] {load_detection_weights(model, ckpt).summary()}")
+    training: dict[str, Any] = {"checkpoint": str(ckpt), "weights_sha256": weights_digest(model)}
+    try:
+        state = load_checkpoint(ckpt)
+        training["iterations"] = state["iteration"]
+        training["wall_time_s"] = state["extra"].get("train_time_s")
+    except UsageError:  # a torchvision weights file: no iteration count
+        pass
+    model.to(info.device)
+    return evaluate_model(cfg, model, output_dir, info=info, training=training, progress=progress)
