@@ -107,6 +107,7 @@ SCHEMA: dict[str, Key] = {
     "fpt.rt": Key(True, bool, "Rendering Transformer, bottom-up (coarse queries, fine keys/values); st = gt = rt = false is plain BFP"),
     "fpt.input": Key("fpn", str, "what FPT transforms: fpn = torchvision FPN outputs [ours], lateral = 1x1 laterals of C2..C5 [code]", choices=("fpn", "lateral")),
     "fpt.pairs": Key("all", str, "GT/RT level pairs: all = every finer/coarser level [code], adjacent = neighbouring levels only", choices=("all", "adjacent")),
+    "fpt.fuse_init": Key("default", str, "fusion conv start: default = torch's init; identity = X_l passes through, transformer inputs at zero (the neck starts as BFP) [ours]", choices=("default", "identity")),
     "fpt.norm": Key("gn", str, "normalisation after each level's 3x3 fusion conv", choices=("none", "bn", "gn")),
     # st: Self-Transformer
     "st.normalizer": Key("mos", str, "mos = mixture of st.parts softmaxes [paper]; softmax = one softmax, st.parts then treated as 1", choices=("mos", "softmax")),

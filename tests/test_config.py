@@ -71,7 +71,8 @@ def test_defaults_are_the_interface_values():
                             "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
                             "box_batch_size_per_image": 512,
                             "weights": "", "backbone_weights": ""}
-    assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all", "norm": "gn"}
+    assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all",
+                          "fuse_init": "default", "norm": "gn"}
     assert cfg["st"] == {"normalizer": "mos", "parts": 2, "pool_kv": False, "shared_qk": False,
                          "attn_dropout": 0.1}
     assert cfg["gt"] == {"normalizer": "mos", "parts": 4, "similarity": "euclidean", "channels": 128,

@@ -46,6 +46,10 @@ class FeaturePyramidTransformer(nn.Module):
         pairs: "all" | "adjacent".
         norm: norm after each fusion conv, "none" | "bn" | "gn" (GN with 32 groups; the
             authors' configs use GroupNorm [code]).
+        fuse_init: "default" (torch's Conv2d initialisation) or "identity" [ours]: each fusion
+            conv starts as the identity on its level's own input X_l and zero on the transformer
+            outputs, so the neck starts as BFP (exactly, with norm "none") and the transformers'
+            contributions grow from zero, as GT's zero-initialised BN does [code].
         st_*, gt_*, rt_variant, attention_impl, attention_block_size: see SelfTransformer,
             GroundingTransformer, RenderingTransformer.
     Shapes:
@@ -63,6 +67,7 @@ class FeaturePyramidTransformer(nn.Module):
         rt: bool = True,
         pairs: str = "all",
         norm: str = "gn",
+        fuse_init: str = "default",
         first_level: int = 2,
         st_parts: int = 2,
         st_normalizer: str = "mos",
@@ -81,6 +86,8 @@ class FeaturePyramidTransformer(nn.Module):
         super().__init__()
         if not (st or gt or rt):
             raise ValueError("FeaturePyramidTransformer: switch on at least one of st, gt, rt (all off is BFP itself)")
+        if fuse_init not in ("default", "identity"):
+            raise ValueError(f"FeaturePyramidTransformer: fuse_init must be 'default' or 'identity', got {fuse_init!r}")
         if pairs not in ("all", "adjacent"):
             raise ValueError(f"FeaturePyramidTransformer: pairs must be 'all' or 'adjacent', got {pairs!r}")
         self.num_levels = num_levels
@@ -138,6 +145,15 @@ class FeaturePyramidTransformer(nn.Module):
                 for t in range(num_levels)
             }
         )
+        if fuse_init == "identity":
+            for t in range(num_levels):
+                conv = self.fuse[self.names[t]][0]
+                nn.init.zeros_(conv.weight)
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
+                x_block = len(self.inputs[t]) - 1  # X_l is concatenated last
+                with torch.no_grad():
+                    conv.weight[:, x_block * channels : (x_block + 1) * channels, 1, 1] = torch.eye(channels)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], channels: int = 256, num_levels: int = 4) -> "FeaturePyramidTransformer":
@@ -151,6 +167,7 @@ class FeaturePyramidTransformer(nn.Module):
             rt=fpt["rt"],
             pairs=fpt["pairs"],
             norm=fpt["norm"],
+            fuse_init=fpt["fuse_init"],
             st_parts=st["parts"],
             st_normalizer=st["normalizer"],
             st_pool_kv=st["pool_kv"],

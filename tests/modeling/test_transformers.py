@@ -163,6 +163,19 @@ def test_fpt_concatenation_order():
         torch.testing.assert_close(fpt(feats)[1], want)
 
 
+def test_identity_fusion_starts_as_the_input_pyramid():
+    # fuse_init="identity" [ours]: with norm "none" the untrained neck returns BFP's maps exactly,
+    # while every transformer still gets gradients through the fusion conv after one step.
+    fpt = FeaturePyramidTransformer(C, norm="none", fuse_init="identity", gt_channels=16).eval()
+    feats = [t.float() for t in maps((1, C, 16, 20), (1, C, 8, 10), (1, C, 4, 5), (1, C, 2, 3))]
+    assert all(torch.equal(a, b) for a, b in zip(fpt(feats), feats))
+    fpt.train()
+    sum(o.square().mean() for o in fpt(feats)).backward()
+    assert fpt.fuse["p2"][0].weight.grad[:, :C].abs().sum() > 0  # the ST block of P2's fusion learns
+    with pytest.raises(ValueError, match="fuse_init"):
+        FeaturePyramidTransformer(C, fuse_init="zeros")
+
+
 def test_fpt_trains_on_odd_sizes_with_every_pair():
     torch.manual_seed(0)
     fpt = FeaturePyramidTransformer(C, gt_channels=16, norm="gn").train()
