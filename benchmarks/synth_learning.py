@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--data", help="synthetic dataset folder (default: a fresh one under --out)")
     p.add_argument("--out", help="where the runs go (default: a temp dir)")
     p.add_argument("--set", dest="overrides", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    p.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated configs to run")
     p.add_argument("--json", help="write the rows here too")
     args = p.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="fptbench-learning-"))
@@ -45,7 +46,7 @@ def main() -> None:
         print(summary_line(write_synth(data)))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; runs in {work}")
     rows = []
-    for name in CONFIGS:
+    for name in args.configs.split(","):
         cfg = load_config(name, [("data.root", str(data))] + [tuple(o) for o in args.overrides])
         torch.manual_seed(cfg["seed"])
         untrained = evaluate_model(cfg, build_model(cfg), work / f"{name}-untrained", progress=False)

@@ -89,3 +89,12 @@ def test_bad_input_is_one_line_and_exit_2(run, args, expected):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("fptbench: error: ") and expected in lines[-1], lines[-3:]
     assert "Traceback" not in proc.stderr
+
+
+def test_cpu_bf16_autocast_trains(run):
+    # train.cpu_bf16 runs the model (attention ops included) under bf16 autocast on the CPU.
+    tmp, data = run
+    proc = fptbench("train", "synth_r18_fpt", "--output", tmp / "bf16", "--data-root", data, "--no-save", *TINY,
+                    "--set", "train.cpu_bf16", "true", "--set", "train.eval_at_end", "false", "--set", "train.max_iter", "1")
+    assert "trained iterations 0..1" in proc.stderr + proc.stdout
+    assert not (tmp / "bf16" / "checkpoints").exists()  # --no-save writes no checkpoint

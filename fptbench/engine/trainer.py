@@ -166,6 +166,8 @@ def train(
         )
 
     dataset = build_dataset(cfg, "train")
+    skipped = ", ".join(f"{n} {why}" for why, n in sorted(dataset.skipped.items())) or "nothing"
+    log(f"training on {cfg['data']['train']}: {len(dataset)} images; skipped {skipped}")
     sampler = TrainBatchSampler(
         len(dataset),
         images_per_device=tcfg["images_per_device"],
@@ -217,7 +219,7 @@ def train(
         if not math.isfinite(loss_value):
             raise FloatingPointError(
                 f"loss is {loss_value} at iteration {iteration}: "
-                + ", ".join(f"{k}={float(v):.4g}" for k, v in loss_dict.items())
+                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
             )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -237,7 +239,7 @@ def train(
         done = iteration + 1
         if writer is not None and (done % tcfg["log_period"] == 0 or done == max_iter):
             for k, v in loss_dict.items():
-                writer.add_scalar(f"loss/{k}", float(v), done)
+                writer.add_scalar(f"loss/{k}", float(v.detach()), done)
             writer.add_scalar("loss/total", loss_value, done)
             writer.add_scalar("lr", lr, done)
             writer.add_scalar("time/iteration_s", time.perf_counter() - t0, done)
