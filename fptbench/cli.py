@@ -275,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = ", ".join(command.name for command in COMMANDS)
             raise UsageError(f"a command is required, one of: {names} (see fptbench --help)")
         return args.run(args)
+    except FloatingPointError as err:  # training diverged: not a usage error, but still one line
+        print(f"fptbench: error: {err}", file=sys.stderr)
+        return 1
     except (UsageError, ConfigError) as err:
         lines = [line for line in str(err).splitlines() if line.strip()]
         # An error raised in a DataLoader worker comes back with the worker's traceback first.

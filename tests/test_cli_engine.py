@@ -98,3 +98,14 @@ def test_cpu_bf16_autocast_trains(run):
                     "--set", "train.cpu_bf16", "true", "--set", "train.eval_at_end", "false", "--set", "train.max_iter", "1")
     assert "trained iterations 0..1" in proc.stderr + proc.stdout
     assert not (tmp / "bf16" / "checkpoints").exists()  # --no-save writes no checkpoint
+
+
+def test_resume_refuses_what_it_cannot_replay(run):
+    # The data stream depends on the batch per device (and seed, world size, split): resuming
+    # with another one would silently train on different data, so it is a one-line error.
+    tmp, data = run
+    for extra, expected in [(["--set", "train.images_per_device", "1"], "cannot resume exactly"),
+                            (["--set", "train.max_iter", "1"], "past train.max_iter=1")]:
+        proc = fptbench("train", "synth_r18_fpt", "--output", tmp / "run", "--data-root", data, "--resume", *TINY,
+                        *extra, check=False)
+        assert proc.returncode == 2 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]

@@ -27,8 +27,8 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     numpy = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos, "has_gauss": has_gauss, "gauss": gauss}
     state = {"python": random.getstate(), "numpy": numpy, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()  # this process's device only
     return state
 
 
@@ -38,7 +38,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -53,13 +53,15 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     scaler: Any = None,
+    rng: Any = None,
     extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``OUTPUT/checkpoints/model_{iteration:07d}.pth`` and make ``last.pth`` point to it.
 
     The file holds the model, optimizer, scheduler (and AMP scaler) states, the number of
-    iterations done, and every RNG state (the data order needs none: it is a function of the
-    iteration, see TrainBatchSampler). Both names are replaced atomically, ``last.pth`` as a
+    iterations done, and the RNG states: ``rng`` (under DDP, the list of every rank's
+    :func:`rng_state`), or this process's. The data order needs none: it is a function of the
+    iteration, see TrainBatchSampler. Both names are replaced atomically, ``last.pth`` as a
     hard link to the new file, so a run killed at any instant leaves a complete ``last.pth``.
     """
     folder = Path(output_dir) / CHECKPOINT_DIR
@@ -69,7 +71,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "iteration": iteration,
-        "rng": rng_state(),
+        "rng": rng if rng is not None else rng_state(),
         "extra": extra or {},
     }
     path = atomic_write(folder / f"model_{iteration:07d}.pth", lambda f: torch.save(state, f))
@@ -92,7 +94,7 @@ def find_last(output_dir: str | os.PathLike) -> Path | None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`; a bad file is a UsageError naming it."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UsageError(f"{path}: checkpoint not found") from None
     except Exception as err:  # noqa: BLE001 - torch raises many types for a corrupt file

@@ -21,12 +21,19 @@ class DistInfo:
 
     @property
     def device(self) -> torch.device:
-        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        # With --gpus-per-task a task sees only its own GPU: local rank 1 is then device 0.
+        return torch.device("cuda", self.local_rank % torch.cuda.device_count())
 
 
 def _slurm_env() -> dict[str, str] | None:
-    """torchrun-style variables from a SLURM step with several tasks (srun without torchrun)."""
-    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    """torchrun-style variables from a SLURM step with several tasks (srun without torchrun).
+
+    SLURM_STEP_NUM_TASKS, not SLURM_NTASKS: a batch script's own shell (no srun) sees the job's
+    task count but is a single process, and must not wait for ranks that never start.
+    """
+    ntasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
     if ntasks <= 1 or "SLURM_PROCID" not in os.environ:
         return None
     env = {
@@ -66,7 +73,7 @@ def init_distributed() -> DistInfo:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     local_rank = int(env.get("LOCAL_RANK", "0"))
     if backend == "nccl":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
     dist.init_process_group(backend=backend, init_method="env://")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 

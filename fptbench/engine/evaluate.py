@@ -66,7 +66,9 @@ def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, 
 
     info = init_distributed()
     model = build_model(cfg)
-    print(f"[fptbench] {load_detection_weights(model, ckpt).summary()}")
+    report = load_detection_weights(model, ckpt)
+    if info.rank == 0:
+        print(f"[fptbench] {report.summary()}")
     training: dict[str, Any] = {"checkpoint": str(ckpt), "weights_sha256": weights_digest(model)}
     try:
         state = load_checkpoint(ckpt)

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fptbench.engine.checkpoint import find_last, load_checkpoint, save_checkpoint, set_rng_state
-from fptbench.engine.distributed import DistInfo, barrier, init_distributed
+from fptbench.engine.checkpoint import find_last, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fptbench.engine.distributed import DistInfo, init_distributed
+from fptbench.errors import UsageError
 from fptbench.engine.sampler import TrainBatchSampler
 from fptbench.engine.schedule import build_lr_scheduler
 
@@ -61,6 +62,26 @@ def _memory_mb(device: torch.device) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def _stream_signature(cfg: dict, info: DistInfo) -> list:
+    """What the data stream depends on: resuming with another value would not replay the run."""
+    return [cfg["seed"], cfg["train"]["images_per_device"], info.world_size, cfg["data"]["train"], cfg["data"]["max_images"]]
+
+
+def _gather(obj: Any, info: DistInfo) -> list:
+    """Every rank's ``obj`` (a one-element list for a single process)."""
+    if info.world_size == 1:
+        return [obj]
+    out: list = [None] * info.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def _all_finite(value: float, info: DistInfo) -> bool:
+    """True when the loss is finite on every rank, so that all ranks stop together (a rank that
+    raised alone would leave the others waiting in DDP's all-reduce)."""
+    return all(math.isfinite(v) for v in _gather(value, info))
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -136,6 +157,9 @@ def train(
     model = build_model(cfg)
     load_initial_weights(model, cfg, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
     model.to(device)
+    # Same initial weights everywhere (DDP also broadcasts rank 0's), then one random stream per
+    # rank (RoI sampling, multi-scale draws, attention dropout), as detectron2 seeds seed + rank.
+    seed_everything(cfg["seed"] + info.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=tcfg["base_lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
     scheduler = build_lr_scheduler(optimizer, tcfg)
@@ -145,14 +169,23 @@ def train(
     start_iter = 0
     time_before = 0.0  # training seconds spent before a resume
     last = find_last(output_dir) if resume else None
+    stream = _stream_signature(cfg, info)
     if last is not None:
         state = load_checkpoint(last)
+        saved = state["extra"].get("stream")
+        if saved is not None and saved != stream:
+            raise UsageError(
+                f"{last}: cannot resume exactly: the checkpoint's data stream {saved} differs from this run's {stream}"
+            )
+        if state["iteration"] > tcfg["max_iter"]:
+            raise UsageError(f"{last}: the checkpoint is at iteration {state['iteration']}, past train.max_iter={tcfg['max_iter']}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        rng = state["rng"]
+        set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
         start_iter = state["iteration"]
         time_before = state["extra"].get("train_time_s", 0.0)
         log(f"resumed from {last} at iteration {start_iter}")
@@ -216,7 +249,7 @@ def train(
             loss_dict = ddp_model(images, targets)
         loss = sum(loss_dict.values())
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
+        if not _all_finite(loss_value, info):
             raise FloatingPointError(
                 f"loss is {loss_value} at iteration {iteration}: "
                 + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
@@ -248,12 +281,20 @@ def train(
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
         if save and (done % tcfg["checkpoint_period"] == 0 or done == max_iter):
+            rng = _gather(rng_state(), info)
+            failure = ""
             if main:
-                save_checkpoint(
-                    output_dir, iteration=done, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                    extra={"train_time_s": time_before + time.perf_counter() - t_start},
-                )
-            barrier()
+                try:
+                    save_checkpoint(
+                        output_dir, iteration=done, model=model, optimizer=optimizer, scheduler=scheduler,
+                        scaler=scaler, rng=rng,
+                        extra={"train_time_s": time_before + time.perf_counter() - t_start, "stream": stream},
+                    )
+                except OSError as err:
+                    failure = f"{output_dir}: cannot write the checkpoint of iteration {done}: {err}"
+            failure = _gather(failure, info)[0]  # every rank learns whether rank 0 could save
+            if failure:
+                raise UsageError(failure)
     bar.close()
     if info.world_size > 1:
         # DDP broadcasts buffers (BatchNorm statistics) from rank 0 at the start of each forward,

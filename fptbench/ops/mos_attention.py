@@ -133,6 +133,8 @@ def mos_attention(
     _check_inputs(q, k, v, pi, similarity, impl)
     if block_size < 0:
         raise ValueError(f"mos_attention: block_size must be >= 0 (0 = automatic), got {block_size}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"mos_attention: dropout_p must be in [0, 1), got {dropout_p}")
     B, Lq, D = q.shape
     Lk = k.shape[1]
     N = pi.shape[1]
@@ -144,7 +146,8 @@ def mos_attention(
     kn = k.reshape(B, Lk, N, d).transpose(1, 2)
     if similarity == "euclidean":
         qn, kn = euclidean_as_dot(qn, kn)
-    pi = pi.to(q.dtype)
+    pi, v = pi.to(q.dtype), v.to(q.dtype)
+    kn = kn.to(q.dtype)
     impl = choose_impl(impl, N, q.device)
     with torch.profiler.record_function(PROFILE_FORWARD):
         if impl == "sdpa":
