@@ -157,9 +157,11 @@ def train(
     model = build_model(cfg)
     load_initial_weights(model, cfg, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
     model.to(device)
-    # Same initial weights everywhere (DDP also broadcasts rank 0's), then one random stream per
-    # rank (RoI sampling, multi-scale draws, attention dropout), as detectron2 seeds seed + rank.
-    seed_everything(cfg["seed"] + info.rank)
+    if info.world_size > 1:
+        # Same initial weights everywhere (DDP also broadcasts rank 0's), then one random stream
+        # per rank (RoI sampling, multi-scale draws, attention dropout), as detectron2 seeds
+        # seed + rank. A single process keeps its stream: its results stay those benchmarked.
+        seed_everything(cfg["seed"] + info.rank)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=tcfg["base_lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
     scheduler = build_lr_scheduler(optimizer, tcfg)
