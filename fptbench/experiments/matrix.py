@@ -1,0 +1,566 @@
+"""Experiment matrices: one YAML file -> the cells (runs) of a sweep, each a resolved config.
+
+A matrix file (``experiments/NAME.yaml``) names a base config, fixed overrides, ordered axes and
+excludes; its cells are the cross product of the axes (first axis slowest) minus the excluded
+ones::
+
+    description: one line
+    base: synth_r18_bfp            # config name, or a YAML path relative to this file
+    set: {train.max_iter: 30}      # fixed overrides for every cell (dotted keys or sections)
+    world_size: 1                  # processes (GPUs) per cell; default 1
+    profile: {size: [128, 128], runs: 3, warmup: 1}   # default [800, 1333], 10, 2
+    axes:
+      ablation:                    # named axis: label -> overrides
+        bfp: {fpt.st: false, fpt.gt: false, fpt.rt: false}
+        st:  {fpt.st: true}
+      model.backbone: [resnet18, resnet50]   # config-key axis: a list of values
+      seed: [0, 1, 2]
+    exclude:                       # an entry drops the cells that match all its axes
+      - {ablation: st, seed: 2}
+
+Overrides are applied in this order: ``set``, each axis value's overrides in axis order, then the
+caller's ``overrides`` (``--set``). Run ids are the cells' labels joined by ``-`` plus the first 8
+hex digits of :func:`~fptbench.config.config_hash` of the resolved config, e.g.
+``st-resnet50-s0-1a2b3c4d``: the same file gives the same ids, and a change to one cell's config
+changes only that cell's id [ours].
+
+Speed: the base's ``_base_`` chain is read once; each cell is a dict copy, its overrides (typed
+and checked once, when the file is read), :func:`~fptbench.config.check_config` and the hash.
+
+Every mistake raises :class:`MatrixError`, one line naming the file and line:
+``experiments/x.yaml:12: axes: unknown config key 'model.backbon'; did you mean 'model.backbone'?``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fptbench.config import (
+    SCHEMA,
+    ConfigError,
+    _check_value,
+    _describe,
+    _Loader,
+    _nest,
+    _parse_override,
+    _read_chain,
+    _resolve,
+    _sections,
+    _unknown_key,
+    check_config,
+    config_hash,
+)
+from fptbench.errors import UsageError
+
+__all__ = ["Cell", "Matrix", "MatrixError", "find_matrix", "load_matrix", "value_label"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+"""The checkout that holds ``experiments/`` (the package is installed editable)."""
+
+TOP_KEYS = ("description", "base", "set", "world_size", "profile", "axes", "exclude")
+PROFILE_DEFAULTS = {"size": [800, 1333], "runs": 10, "warmup": 2}
+"""Per-cell profiling input: [H, W] pixels, timed runs, untimed warm-up runs [ours]."""
+MIN_SIDE = 32
+"""Smallest profiling image side, pixels: the trunk's output stride (as ``fptbench profile``)."""
+RUN_ID_HASH = 8
+"""Hex digits of the config hash that end a run id."""
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+]")
+
+
+class MatrixError(UsageError):
+    """A matrix file is invalid; ``str(err)`` is one line, ``FILE:LINE: what``."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a matrix.
+
+    ``axes``: axis name -> label (named axis) or value (config-key axis), in axis order.
+    ``overrides``: ``(dotted key, typed value)`` pairs in the order applied to the base:
+    ``set``, the axis values' overrides, the caller's overrides. ``config``: the resolved,
+    checked nested config (as :func:`~fptbench.config.load_config` returns), ``config_hash`` its
+    :func:`~fptbench.config.config_hash`.
+    """
+
+    run_id: str
+    axes: dict[str, Any]
+    overrides: tuple[tuple[str, Any], ...]
+    config: dict = field(repr=False)
+    config_hash: str
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A loaded matrix: ``profile`` is ``{"size": [H, W], "runs": int, "warmup": int}``;
+    ``axes`` is ``((axis name, (label or value, ...)), ...)``; ``cells`` in expansion order."""
+
+    name: str
+    path: Path
+    description: str
+    base: str
+    world_size: int
+    profile: dict
+    axes: tuple[tuple[str, tuple], ...]
+    cells: tuple[Cell, ...]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One value of an axis: what the cell records, its run-id label, its overrides, its line."""
+
+    value: Any
+    label: str
+    overrides: tuple[tuple[str, Any], ...]
+    line: int
+
+
+@dataclass(frozen=True)
+class _Axis:
+    name: str
+    entries: tuple[_Entry, ...]
+    line: int
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+
+def _sanitise(text: str) -> str:
+    return _UNSAFE.sub("_", text)
+
+
+def _number(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def value_label(key: str, value: Any) -> str:
+    """The run-id label of a config-key axis value.
+
+    Strings as they are; numbers as ``<last key part><value>`` (``seed`` 0 -> ``s0``,
+    ``train.max_iter`` 30 -> ``max_iter30``); bools as ``<last>`` / ``no<last>``; lists as
+    ``<last><items joined by _>``; empty strings, lists and null as ``no<last>``. Characters
+    outside ``[A-Za-z0-9._+]`` become ``_``.
+    """
+    last = key.rsplit(".", 1)[-1]
+    if isinstance(value, bool):
+        text = last if value else f"no{last}"
+    elif isinstance(value, (int, float)):
+        text = f"s{value}" if key == "seed" else f"{last}{_number(value)}"
+    elif isinstance(value, (list, tuple)):
+        text = f"{last}{'_'.join(_number(v) for v in value)}" if value else f"no{last}"
+    elif value is None or value == "":
+        text = f"no{last}"
+    else:
+        text = str(value)
+    return _sanitise(text)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as YAML values: true is not 1."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return a == b
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+def _shown(path: Path) -> str:
+    """A matrix file's name in messages: relative to the working directory when inside it."""
+    try:
+        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd().resolve()) else str(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+
+
+def _matrix_dirs() -> list[Path]:
+    dirs = [Path("experiments"), REPO_ROOT / "experiments"]
+    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [e.resolve() for e in dirs[:i]]]
+
+
+def find_matrix(name_or_path: str | os.PathLike) -> Path:
+    """``"demo"`` -> ``./experiments/demo.yaml`` if it exists, else ``<repo>/experiments/demo.yaml``;
+    an existing path as is. Raises MatrixError (with the close name) when there is none."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.is_file():
+        return path
+    if "/" in text or "\\" in text or os.sep in text:
+        raise MatrixError(f"matrix file not found: {text}")
+    stem = re.sub(r"\.ya?ml$", "", text)
+    for folder in _matrix_dirs():
+        for suffix in (".yaml", ".yml"):
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+    names = sorted({p.stem for d in _matrix_dirs() for p in [*d.glob("*.yaml"), *d.glob("*.yml")]})
+    close = difflib.get_close_matches(stem, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise MatrixError(f"unknown experiment '{text}'; {hint}available: {', '.join(names) or 'none'}")
+
+
+class _Reader:
+    """A composed YAML document with line numbers: values of nodes, errors at nodes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.shown = _shown(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise MatrixError(f"{self.shown}: cannot read: {err.strerror or err}") from None
+        self.loader = _Loader(text)
+        try:
+            self.root = self.loader.get_single_node()
+        except yaml.MarkedYAMLError as err:
+            raise self._yaml_error(err) from None
+        except yaml.YAMLError as err:
+            raise MatrixError(f"{self.shown}: YAML error: {' '.join(str(err).split())}") from None
+
+    def _yaml_error(self, err: yaml.MarkedYAMLError) -> MatrixError:
+        mark = err.problem_mark or err.context_mark
+        problem = " ".join(str(err.problem or err.context or "invalid YAML").split())
+        return MatrixError(f"{self.shown}:{mark.line + 1 if mark else 1}: YAML error: {problem}")
+
+    def error(self, node: yaml.Node | None, message: str) -> MatrixError:
+        return self.error_at(self.line(node), message)
+
+    def error_at(self, line: int, message: str) -> MatrixError:
+        return MatrixError(f"{self.shown}:{line}: {message}")
+
+    @staticmethod
+    def line(node: yaml.Node | None) -> int:
+        return node.start_mark.line + 1 if node is not None else 1
+
+    def value(self, node: yaml.Node) -> Any:
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as err:
+            raise self._yaml_error(err) from None
+
+    def items(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
+        """``(key, key node, value node)`` of a mapping node, keys strings and unique."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.error(node, f"{what} must be a mapping, got {_describe(self.value(node))}")
+        self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+        out: list[tuple[str, yaml.Node, yaml.Node]] = []
+        first: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = self.value(key_node)
+            if not isinstance(key, str):
+                raise self.error(key_node, f"{what}: names must be strings, got {_describe(key)} (quote it)")
+            if key in first:
+                raise self.error(key_node, f"{what}: '{key}' is given twice (first at line {first[key]})")
+            first[key] = self.line(key_node)
+            out.append((key, key_node, value_node))
+        return out
+
+    def is_null(self, node: yaml.Node | None) -> bool:
+        return node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null")
+
+    def overrides(self, node: yaml.Node | None, what: str, prefix: str = "") -> list[tuple[str, Any]]:
+        """A mapping of config keys (dotted, or nested by section) -> typed, checked values."""
+        if self.is_null(node):
+            return []
+        out: list[tuple[str, Any]] = []
+        for name, key_node, value_node in self.items(node, what):
+            key = f"{prefix}{name}"
+            spec = SCHEMA.get(key)
+            if spec is not None:
+                where = f"{self.shown}:{self.line(value_node)}: {what}"
+                out.append((key, _as_matrix_error(_check_value, key, self.value(value_node), spec, where)))
+            elif isinstance(value_node, yaml.MappingNode):
+                out.extend(self.overrides(value_node, what, prefix=f"{key}."))
+            elif key in _sections():
+                raise self.error(value_node, f"{what}: section '{key}' must be a mapping of keys")
+            else:
+                raise MatrixError(str(_unknown_key(key, f"{self.shown}:{self.line(key_node)}: {what}")))
+        seen: set[str] = set()
+        for key, _ in out:
+            if key in seen:
+                raise self.error(node, f"{what}: key '{key}' is given twice")
+            seen.add(key)
+        return out
+
+
+def _as_matrix_error(fn, *args, **kwargs):
+    """Call ``fn``; a ConfigError (whose message already names the file) becomes a MatrixError."""
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError as err:
+        raise MatrixError(str(err)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# sections of the file
+
+def _int(reader: _Reader, node: yaml.Node, what: str, low: int) -> int:
+    value = reader.value(node)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise reader.error(node, f"{what} must be an integer >= {low}, got {_describe(value)}")
+    return value
+
+
+def _profile(reader: _Reader, node: yaml.Node) -> dict:
+    out = _profile_defaults()
+    for key, key_node, value_node in reader.items(node, "profile"):
+        if key == "size":
+            size = reader.value(value_node)
+            if (not isinstance(size, list) or len(size) != 2
+                    or any(isinstance(s, bool) or not isinstance(s, int) or s < MIN_SIDE for s in size)):
+                raise reader.error(value_node, f"profile.size must be [H, W], integers >= {MIN_SIDE} pixels, "
+                                               f"got {size!r}")
+            out["size"] = list(size)
+        elif key in ("runs", "warmup"):
+            out[key] = _int(reader, value_node, f"profile.{key}", 1 if key == "runs" else 0)
+        else:
+            close = difflib.get_close_matches(key, list(PROFILE_DEFAULTS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"expected {', '.join(PROFILE_DEFAULTS)}"
+            raise reader.error(key_node, f"profile: unknown key '{key}'; {hint}")
+    return out
+
+
+def _base(reader: _Reader, node: yaml.Node) -> tuple[str, dict[str, Any]]:
+    """The base's name as written and its flat values (schema defaults + its _base_ chain)."""
+    base = reader.value(node)
+    if not isinstance(base, str) or not base:
+        raise reader.error(node, f"base must be a config name or a YAML path, got {_describe(base)}")
+    near = reader.path.parent / base
+    try:
+        if near.is_file():
+            path = near
+        elif "/" in base or "\\" in base:
+            raise ConfigError(f"file not found (looked for {near})")
+        else:
+            path = _resolve(base)
+        flat = {key: spec.default for key, spec in SCHEMA.items()}
+        flat.update(_read_chain(path))
+    except ConfigError as err:
+        raise reader.error(node, f"base '{base}': {err}") from None
+    return base, flat
+
+
+def _axis(reader: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) -> _Axis:
+    what = f"axis '{name}'"
+    if reader.is_null(node) or (isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and not node.value):
+        raise reader.error(node if not reader.is_null(node) else key_node, f"{what} is empty")
+    entries: list[_Entry] = []
+    if isinstance(node, yaml.SequenceNode):
+        spec = SCHEMA.get(name)
+        if spec is None:
+            close = difflib.get_close_matches(name, list(SCHEMA), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise reader.error(key_node, f"axes: unknown config key '{name}'{hint} (a named axis maps "
+                                         f"labels to overrides)")
+        for item in node.value:
+            where = f"{reader.shown}:{reader.line(item)}: {what}"
+            value = _as_matrix_error(_check_value, name, reader.value(item), spec, where)
+            entries.append(_Entry(value, value_label(name, value), ((name, value),), reader.line(item)))
+    elif isinstance(node, yaml.MappingNode):
+        if name in SCHEMA:
+            raise reader.error(key_node, f"{what}: a config key's axis is a list of values; a named axis "
+                                         f"(label -> overrides) needs a name that is not a config key")
+        for label, label_node, value_node in reader.items(node, what):
+            if not label:
+                raise reader.error(label_node, f"{what}: a label must not be empty")
+            overrides = reader.overrides(value_node, f"{what}, label '{label}'")
+            entries.append(_Entry(label, _sanitise(label), tuple(overrides), reader.line(label_node)))
+    else:
+        raise reader.error(node, f"{what} must be a list of values (config key) or a mapping label -> "
+                                 f"overrides (named axis), got {_describe(reader.value(node))}")
+    first: dict[str, int] = {}
+    for entry in entries:
+        if entry.label in first:
+            raise reader.error_at(entry.line, f"{what}: {_describe(entry.value)} gives the run-id label "
+                                              f"'{entry.label}' already given at line {first[entry.label]}")
+        first[entry.label] = entry.line
+    return _Axis(name, tuple(entries), reader.line(key_node))
+
+
+def _excludes(reader: _Reader, node: yaml.Node, axes: list[_Axis]) -> list[tuple[int, list[set[int] | None]]]:
+    """Each exclude entry as (line, per axis: the matching entry indices, None = any)."""
+    if reader.is_null(node):
+        return []
+    if not isinstance(node, yaml.SequenceNode):
+        raise reader.error(node, f"exclude must be a list of mappings axis -> label or value, "
+                                 f"got {_describe(reader.value(node))}")
+    names = [axis.name for axis in axes]
+    out = []
+    for item in node.value:
+        match: list[set[int] | None] = [None] * len(axes)
+        pairs = reader.items(item, "exclude")
+        if not pairs:
+            raise reader.error(item, "exclude: an entry must name at least one axis (an empty one excludes "
+                                     "every cell)")
+        for name, key_node, value_node in pairs:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"axes: {', '.join(names) or 'none'}"
+                raise reader.error(key_node, f"exclude: unknown axis '{name}'; {hint}")
+            axis = axes[names.index(name)]
+            want = reader.value(value_node)
+            hits = {i for i, e in enumerate(axis.entries)
+                    if _same(want, e.value) or (isinstance(want, str) and want == e.label)}
+            if not hits:
+                known = ", ".join(str(e.value) for e in axis.entries)
+                raise reader.error(value_node, f"exclude: axis '{name}' has no label or value {want!r}; "
+                                               f"it has {known}")
+            match[names.index(name)] = hits
+        out.append((reader.line(item), match))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# expansion
+
+def _expand(reader: _Reader, base_flat: dict[str, Any], fixed: list[tuple[str, Any]], fixed_line: int,
+            axes: list[_Axis], excludes: list, extra: list[tuple[str, Any]]) -> tuple[Cell, ...]:
+    """The cells: cross product of the axes (first slowest), excludes dropped, each checked."""
+    excluded: list[int] = [0] * len(excludes)
+    cells: list[Cell] = []
+    seen: dict[str, tuple[int, ...]] = {}
+    for combo in itertools.product(*[range(len(axis.entries)) for axis in axes]):
+        dropped = False
+        for k, (_, match) in enumerate(excludes):
+            if all(m is None or i in m for m, i in zip(match, combo)):
+                if not dropped:
+                    excluded[k] += 1
+                dropped = True
+        if dropped:
+            continue
+        entries = [axis.entries[i] for axis, i in zip(axes, combo)]
+        pairs = [*fixed, *(pair for entry in entries for pair in entry.overrides), *extra]
+        flat = dict(base_flat)
+        flat.update(pairs)
+        labels = [entry.label for entry in entries]
+        try:
+            cfg = check_config(_nest(flat), where="cell")
+        except ConfigError as err:
+            raise _cell_error(reader, err, base_flat, fixed, fixed_line, extra, entries, labels) from None
+        digest = config_hash(cfg)
+        if digest in seen:
+            other = seen[digest]
+            k = next(k for k, (a, b) in enumerate(zip(other, combo)) if a != b)
+            first = "-".join(axis.entries[i].label for axis, i in zip(axes, other))
+            raise reader.error_at(entries[k].line, f"cells '{first}' and '{'-'.join(labels)}' resolve to "
+                                                   f"the same config (hash {digest}): make them differ or "
+                                                   f"exclude one")
+        seen[digest] = combo
+        cells.append(Cell(
+            run_id="-".join([*labels, digest[:RUN_ID_HASH]]),
+            axes={axis.name: entry.value for axis, entry in zip(axes, entries)},
+            overrides=tuple(pairs),
+            config=cfg,
+            config_hash=digest,
+        ))
+    for k, (line, _) in enumerate(excludes):
+        if not excluded[k]:
+            raise reader.error_at(line, "exclude matches no cell (the entries above already drop every "
+                                        "cell it names)")
+    if not cells:
+        raise reader.error_at(excludes[-1][0] if excludes else 1, "exclude drops every cell")
+    return tuple(cells)
+
+
+def _cell_error(reader: _Reader, err: ConfigError, base_flat: dict, fixed: list, fixed_line: int,
+                extra: list, entries: list[_Entry], labels: list[str]) -> MatrixError:
+    """A cross-key rule failed: blame ``set`` if the base with ``set`` already fails, then the
+    caller's overrides, else the last axis value of the cell that sets something."""
+    message = str(err).removeprefix("cell: ")
+    for pairs, blame in ((fixed, None), ([*fixed, *extra], "--set")):
+        try:
+            check_config(_nest({**base_flat, **dict(pairs)}), where="cell")
+        except ConfigError:
+            if blame is None:
+                return reader.error_at(fixed_line, f"base + set: {message}")
+            return MatrixError(f"{reader.shown}: with --set: {message}")
+    line = next((e.line for e in reversed(entries) if e.overrides), fixed_line)
+    return reader.error_at(line, f"cell '{'-'.join(labels)}': {message}")
+
+
+def load_matrix(name_or_path: str | os.PathLike, overrides: Sequence[tuple[str, Any]] = ()) -> Matrix:
+    """Read a matrix file and expand it into checked cells.
+
+    Args:
+        name_or_path: an experiment name (``"demo"``, see :func:`find_matrix`) or a YAML path.
+        overrides: ``(dotted key, value)`` pairs applied to every cell after ``set`` and the
+            axes (``--set KEY VALUE``; a string value is read as YAML). A config key that is an
+            axis of the matrix is refused.
+
+    Returns:
+        The :class:`Matrix`, its cells in expansion order (first axis slowest).
+
+    Raises:
+        MatrixError: one line, ``FILE:LINE: what``.
+    """
+    path = find_matrix(name_or_path)
+    reader = _Reader(path)
+    root = reader.root
+    if reader.is_null(root):
+        raise reader.error_at(1, "the file is empty; a matrix needs at least 'base'")
+    sections: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    for key, key_node, value_node in reader.items(root, "the top level"):
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(key, TOP_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"expected {', '.join(TOP_KEYS)}"
+            raise reader.error(key_node, f"unknown top-level key '{key}'; {hint}")
+        sections[key] = (key_node, value_node)
+    if "base" not in sections:
+        raise reader.error(root, "missing 'base': the config the cells start from (a name or a YAML path)")
+
+    description = ""
+    if "description" in sections:
+        node = sections["description"][1]
+        description = reader.value(node)
+        if not isinstance(description, str):
+            raise reader.error(node, f"description must be a string, got {_describe(description)}")
+        description = " ".join(description.split())
+    base, base_flat = _base(reader, sections["base"][1])
+    fixed_line = reader.line(sections["set"][0] if "set" in sections else sections["base"][0])
+    fixed = reader.overrides(sections["set"][1], "set") if "set" in sections else []
+    world_size = _int(reader, sections["world_size"][1], "world_size", 1) if "world_size" in sections else 1
+    profile = _profile(reader, sections["profile"][1]) if "profile" in sections else _profile_defaults()
+
+    axes: list[_Axis] = []
+    if "axes" in sections and not reader.is_null(sections["axes"][1]):
+        for name, key_node, value_node in reader.items(sections["axes"][1], "axes"):
+            axes.append(_axis(reader, name, key_node, value_node))
+    excludes = _excludes(reader, sections["exclude"][1], axes) if "exclude" in sections else []
+
+    extra: list[tuple[str, Any]] = []
+    for pair in overrides:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise MatrixError(f"{reader.shown}: an override must be a (key, value) pair, got {pair!r}")
+        key, text = pair
+        where = f"{reader.shown}: --set {key} {text}"
+        if key not in SCHEMA:
+            raise MatrixError(str(_unknown_key(str(key), where)))
+        axis = next((a for a in axes if a.name == key), None)
+        if axis is not None:
+            raise MatrixError(f"{where}: '{key}' is an axis of this matrix (line {axis.line}); "
+                              f"edit or exclude its values instead")
+        value = _as_matrix_error(_parse_override, text, where)
+        extra.append((key, _as_matrix_error(_check_value, key, value, SCHEMA[key], where)))
+
+    cells = _expand(reader, base_flat, fixed, fixed_line, axes, excludes, extra)
+    return Matrix(
+        name=path.stem,
+        path=path.resolve(),
+        description=description,
+        base=base,
+        world_size=world_size,
+        profile=profile,
+        axes=tuple((axis.name, tuple(entry.value for entry in axis.entries)) for axis in axes),
+        cells=cells,
+    )
+
+
+def _profile_defaults() -> dict:
+    return {key: (list(v) if isinstance(v, list) else v) for key, v in PROFILE_DEFAULTS.items()}
