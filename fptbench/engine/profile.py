@@ -1,0 +1,371 @@
+"""Profile a detector: parameters and MACs by part, latency and peak memory (contract section 3).
+
+Parts are module-name prefixes of the torchvision detector that
+:func:`fptbench.modeling.build_model` returns (:data:`PARTS`): ``backbone`` is the trunk
+(ResNet body), ``bfp`` torchvision's FPN (laterals, output convs, extra pool level; with
+``fpt.input: lateral`` the 1x1 laterals), ``fpt`` the transformer neck and ``fpt.st`` / ``fpt.gt``
+/ ``fpt.rt`` / ``fpt.fusion`` its parts, ``rpn`` and ``roi_heads`` the heads, and ``transform``
+torchvision's input normalisation (its bilinear resize runs even at scale 1 and fvcore counts it).
+The top-level parts are disjoint and sum to the whole model.
+
+MACs come from :class:`fptbench.engine.flops.FlopAnalysis` (fvcore + attention handles; see that
+module for what "attention" counts). ``macs`` = multiply-adds, ``flops`` = 2 x macs.
+
+Data-dependent work [ours]: the RoI heads' MACs grow with the number of proposals (box branch)
+and of detections (mask branch). To make counts and timings the same for every model whatever
+its weights, profiling switches off the RPN's NMS and the box score threshold and NMS, so the
+box branch always runs on ``rpn_post_nms_top_n_test`` proposals (fewer only if the image has
+fewer anchors) and the mask branch on ``box_detections_per_img`` boxes: the caps, which a trained
+model at COCO sizes usually reaches too. The counts measured are in ``result["proposals"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import sys
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fptbench.errors import UsageError
+
+__all__ = ["PARTS", "TOP_PARTS", "profile_model", "format_profile", "count_parameters"]
+
+# part -> module-name prefixes in a build_model detector (a part absent from a model counts 0)
+PARTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone.body",),
+    "bfp": ("backbone.fpn", "backbone.laterals"),
+    "fpt": ("backbone.fpt",),
+    "fpt.st": ("backbone.fpt.st",),
+    "fpt.gt": ("backbone.fpt.gt",),
+    "fpt.rt": ("backbone.fpt.rt",),
+    "fpt.fusion": ("backbone.fpt.fuse",),
+    "rpn": ("rpn",),
+    "roi_heads": ("roi_heads",),
+    "transform": ("transform",),
+}
+# Disjoint parts whose sum is the model; anything left over is reported as "other".
+TOP_PARTS = ("backbone", "bfp", "fpt", "rpn", "roi_heads", "transform")
+
+MIB = 2**20  # "MB" in this module: 2^20 bytes
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameters (not buffers) of the model ("total") and of each of :data:`PARTS`."""
+    counts = {"total": sum(p.numel() for p in model.parameters())}
+    named = list(model.named_parameters())
+    for part, prefixes in PARTS.items():
+        counts[part] = sum(p.numel() for name, p in named if name.startswith(tuple(f"{x}." for x in prefixes)))
+    return counts
+
+
+@contextlib.contextmanager
+def _profiling_mode(model: nn.Module, size: tuple[int, int]) -> Iterator[None]:
+    """Eval mode, no resize of an H x W input, fixed proposal/detection counts (module docstring);
+    everything is restored on exit."""
+    transform, rpn, roi = model.transform, model.rpn, model.roi_heads
+    modes = {m: m.training for m in model.modules()}
+    saved = (transform.min_size, transform.max_size, rpn.nms_thresh, roi.score_thresh, roi.nms_thresh)
+    model.eval()
+    transform.min_size, transform.max_size = (min(size),), max(size)
+    # IoU > 1 never happens: NMS keeps every box; softmax scores are > 0: no box is dropped.
+    rpn.nms_thresh, roi.score_thresh, roi.nms_thresh = 1.0, 0.0, 1.0
+    try:
+        yield
+    finally:
+        transform.min_size, transform.max_size, rpn.nms_thresh, roi.score_thresh, roi.nms_thresh = saved
+        for m, training in modes.items():
+            m.training = training
+
+
+class _CachedBody(nn.Module):
+    """Stands in for the trunk so that ``backbone(x)`` runs the neck alone on fixed C2..C5."""
+
+    def __init__(self, features: "OrderedDict[str, Tensor]") -> None:
+        super().__init__()
+        self.features = features
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        return self.features
+
+
+@contextlib.contextmanager
+def _neck_only(backbone: nn.Module, features: "OrderedDict[str, Tensor]") -> Iterator[None]:
+    body = backbone.body
+    backbone.body = _CachedBody(features)
+    try:
+        yield
+    finally:
+        backbone.body = body
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_ms(fn: Callable[[], Any], *, runs: int, warmup: int, device: torch.device, label: str,
+             progress: bool) -> list[float]:
+    """Wall time of ``runs`` calls of ``fn`` after ``warmup`` untimed ones, ms, synchronising the
+    device before and after each call."""
+    for i in range(warmup):
+        _log(progress, f"{label}: warm-up {i + 1}/{warmup}")
+        fn()
+        _sync(device)
+    times = []
+    for i in range(runs):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+        _log(progress, f"{label}: run {i + 1}/{runs}: {times[-1]:.1f} ms")
+    return times
+
+
+def _latency(times: list[float]) -> dict[str, Any]:
+    """Median and 90th percentile (numpy's linear interpolation), ms."""
+    return {"median": round(statistics.median(times), 3), "p90": round(float(np.percentile(times, 90)), 3),
+            "runs": len(times)}
+
+
+def _proc_status_kib(field: str) -> Optional[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class _PeakMemory:
+    """Peak memory of the code run between ``start()`` and ``stop()``, MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` (tensors: weights and inputs included). CPU: the
+    increase of the resident set, /proc/self/status VmHWM at the end minus VmRSS at the start, the
+    peak first reset through /proc/self/clear_refs (Linux >= 4.0); where that is impossible an
+    older, higher peak would show, and without /proc, ``resource.getrusage`` ru_maxrss is used
+    (never reset). ``source`` says which.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.source = ""
+        self._base_kib = 0
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            _sync(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.source = "cuda: torch.cuda.max_memory_allocated (weights and input included)"
+            return
+        rss = _proc_status_kib("VmRSS")
+        if rss is not None:
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
+                reset = "peak reset through /proc/self/clear_refs"
+            except OSError:
+                reset = "peak not resettable: an earlier, higher peak would show"
+            self._base_kib = _proc_status_kib("VmRSS") or rss
+            self.source = f"cpu: resident-set increase, /proc/self/status VmHWM - VmRSS before the runs ({reset})"
+        else:
+            import resource
+
+            self._base_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.source = "cpu: resident-set increase, resource.getrusage ru_maxrss (process peak, never reset)"
+
+    def stop(self) -> float:
+        if self.device.type == "cuda":
+            _sync(self.device)
+            return round(torch.cuda.max_memory_allocated(self.device) / MIB, 1)
+        peak = _proc_status_kib("VmHWM")
+        if peak is None:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(max(0, peak - self._base_kib) * 1024 / MIB, 1)
+
+
+def _log(progress: bool, message: str) -> None:
+    if progress:
+        print(f"profile: {message}", file=sys.stderr, flush=True)
+
+
+def _check_args(size: tuple[int, int], device: str, runs: int, warmup: int) -> torch.device:
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
+        raise UsageError(f"size: expected (H, W), two positive ints, got {size!r}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise UsageError(f"runs: expected an int >= 1, got {runs!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise UsageError(f"warmup: expected an int >= 0, got {warmup!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise UsageError(f"device: expected cpu or cuda[:N], got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"device: expected cpu or cuda[:N], got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"device: {device!r}, but no CUDA device is available here")
+    return dev
+
+
+def _part_counts(by_module: dict[str, float], named_prefixes: tuple[str, ...]) -> int:
+    return int(round(sum(by_module.get(p, 0) for p in named_prefixes)))
+
+
+def profile_model(cfg: dict, *, size: tuple[int, int] = (800, 1333), device: str = "cpu", runs: int = 10,
+                  warmup: int = 2, model: nn.Module | None = None, progress: bool = False) -> dict:
+    """Parameters, MACs/FLOPs by part, latency and peak memory of a detector at batch 1.
+
+    Args:
+        cfg (dict): resolved config (``fptbench.config.load_config``); the model is built from it
+            (``build_model``, seeded with ``cfg["seed"]``) unless ``model`` is given.
+        size: (H, W) of the random input image, pixels; the transform is set not to resize it
+            (torchvision still pads the batch to a multiple of 32: ``padded_size``).
+        device: "cpu" or "cuda[:N]".
+        runs: timed runs (>= 1), after ``warmup`` untimed ones, for the model and for the neck.
+        model: a torchvision GeneralizedRCNN from ``build_model(cfg)``; moved to ``device``, then
+            back, and left in the mode and settings it came in.
+        progress: print what is being done to stderr.
+    Returns:
+        dict (JSON-able): keys of contract section 3, plus ``padded_size``, ``threads``,
+        ``device_name``, ``peak_memory_source`` and ``counter``. Latencies in ms: whole model
+        (transform to postprocessed detections) and neck alone (``bfp`` + ``fpt`` on fixed
+        trunk features C2..C5).
+    """
+    from fptbench.engine.flops import FlopAnalysis
+    from fptbench.modeling import build_model
+    from fptbench.records import device_info
+
+    dev = _check_args(tuple(size), device, runs, warmup)
+    height, width = size
+    if model is None:
+        _log(progress, "building the model")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg["seed"])
+            model = build_model(cfg)
+    first = next(model.parameters(), None)
+    home = first.device if first is not None else torch.device("cpu")
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(cfg["seed"])).to(dev)
+    model.to(dev)
+    try:
+        with _profiling_mode(model, (height, width)), torch.no_grad():
+            memory = _PeakMemory(dev)
+            memory.start()
+            label = f"model {height}x{width}"
+            times = _time_ms(lambda: model([image]), runs=runs, warmup=warmup, device=dev, label=label,
+                             progress=progress)
+            peak_mb = memory.stop()
+
+            images, _ = model.transform([image])
+            features = model.backbone.body(images.tensors)
+            with _neck_only(model.backbone, features):
+                neck_times = _time_ms(lambda: model.backbone(images.tensors), runs=runs, warmup=warmup,
+                                      device=dev, label="neck", progress=progress)
+            del features
+
+            _log(progress, "counting MACs (fvcore trace)")
+            counts: dict[str, int] = {}
+            hooks = [
+                model.rpn.register_forward_hook(lambda m, i, o: counts.__setitem__("proposals", int(o[0][0].shape[0]))),
+                model.roi_heads.register_forward_hook(
+                    lambda m, i, o: counts.__setitem__("detections", int(o[0][0]["boxes"].shape[0]))),
+            ]
+            try:
+                analysis = FlopAnalysis(model, ([image],))
+                by_module = analysis.by_module()
+            finally:
+                for hook in hooks:
+                    hook.remove()
+    finally:
+        model.to(home)
+
+    params = count_parameters(model)
+    total = analysis.total_macs()
+    by_part = {}
+    for part, prefixes in PARTS.items():
+        macs = _part_counts(by_module, prefixes)
+        by_part[part] = {"params": params[part], "macs": macs, "flops": 2 * macs}
+    rest = total - sum(by_part[p]["macs"] for p in TOP_PARTS)
+    rest_params = params["total"] - sum(by_part[p]["params"] for p in TOP_PARTS)
+    if rest or rest_params:
+        by_part["other"] = {"params": rest_params, "macs": rest, "flops": 2 * rest}
+    attention = {
+        "macs": analysis.attention_macs(),
+        "flops": 2 * analysis.attention_macs(),
+        "by_part": {p: sum(analysis.attention_macs(x) for x in PARTS[p] if x in by_module) for p in ("fpt.st", "fpt.gt")},
+    }
+    roi = model.roi_heads
+    mask = roi.has_mask()
+    proposals = counts.get("proposals", 0)
+    detections = counts.get("detections", 0)
+    note = (f"roi_heads' box branch ran on {proposals} proposals (rpn post_nms_top_n_test = "
+            f"{model.rpn._post_nms_top_n['testing']}, or all the image's anchors if fewer)"
+            + (f" and its mask branch on {detections} detections (box_detections_per_img = {roi.detections_per_img})"
+               if mask else "")
+            + "; its MACs scale linearly with them. RPN NMS and the box score threshold and NMS were off "
+              "while profiling so that these are the caps, whatever the weights [ours]. The trunk, neck "
+              "and RPN heads do not depend on them.")
+    return {
+        "params": params["total"],
+        "macs": total,
+        "flops": 2 * total,
+        "by_part": by_part,
+        "attention": attention,
+        "latency_ms": _latency(times),
+        "neck_latency_ms": _latency(neck_times),
+        "peak_memory_mb": peak_mb,
+        "peak_memory_source": memory.source,
+        "uncounted_ops": analysis.uncounted_ops(),
+        "input_size": [height, width],
+        "padded_size": list(images.tensors.shape[-2:]),
+        "device": str(dev),
+        "device_name": device_info(dev)["name"],
+        "threads": torch.get_num_threads(),
+        "proposals": {"parts": ["roi_heads"], "count": proposals, "detections": detections if mask else None,
+                      "note": note},
+        "counter": "fvcore FlopCountAnalysis (jit trace) + fptbench.engine.flops attention handles; "
+                   "macs = multiply-adds, flops = 2 x macs",
+    }
+
+
+def _g(macs: int) -> str:
+    return f"{macs / 1e9:,.2f}"
+
+
+def format_profile(result: dict) -> str:
+    """Human-readable lines of a :func:`profile_model` result (params in M, MACs in G = 1e9)."""
+    total = max(result["macs"], 1)
+    h, w = result["input_size"]
+    lines = [
+        f"input: {h}x{w} (padded to {'x'.join(map(str, result.get('padded_size', [h, w])))}), batch 1, "
+        f"device {result['device']} ({result.get('device_name', '?')}, {result.get('threads', '?')} threads)",
+        f"params: {result['params'] / 1e6:.2f} M   MACs: {_g(result['macs'])} G   "
+        f"FLOPs: {_g(result['flops'])} G (flops = 2 x macs)",
+        f"{'part':<12} {'params (M)':>11} {'GMACs':>12} {'share':>7}",
+    ]
+    for part, row in result["by_part"].items():
+        indent = "  " if part.startswith("fpt.") else ""
+        lines.append(f"{indent + part:<12} {row['params'] / 1e6:>11.3f} {_g(row['macs']):>12} "
+                     f"{100 * row['macs'] / total:>6.1f}%")
+    att = result["attention"]
+    lines.append(f"attention (QK + AV products, all impls alike): {_g(att['macs'])} GMACs, "
+                 f"{100 * att['macs'] / total:.1f}% of the model"
+                 + "".join(f"; {p} {_g(m)}" for p, m in att.get("by_part", {}).items()))
+    prop = result["proposals"]
+    lines.append(f"data-dependent: {', '.join(prop['parts'])} at {prop['count']} proposals"
+                 + (f", {prop['detections']} detections" if prop.get("detections") is not None else ""))
+    for key, name in (("latency_ms", "latency"), ("neck_latency_ms", "neck latency")):
+        lat = result[key]
+        lines.append(f"{name}: median {lat['median']:.1f} ms, p90 {lat['p90']:.1f} ms ({lat['runs']} runs)")
+    lines.append(f"peak memory: {result['peak_memory_mb']:.1f} MB (MiB; {result.get('peak_memory_source', '')})")
+    ops = result["uncounted_ops"]
+    lines.append("uncounted ops: " + (", ".join(f"{op} x{n}" for op, n in ops.items()) if ops else "none"))
+    return "\n".join(lines)
