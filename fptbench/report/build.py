@@ -1,0 +1,154 @@
+"""``build_report``: run records -> tables (Markdown, CSV, LaTeX), figures (PNG, PDF), ``index.md``.
+
+Layout of ``out_dir`` (``reports/<experiment>/`` from the CLI)::
+
+    index.md                  the tables embedded, the figures shown, links to every file
+    tables/<name>.md|csv|tex  ablation, backbone_head, design, complexity (those that apply)
+    figures/<name>.png|pdf    ap_vs_gflops, ap_vs_latency, ablation_bars, design_bars
+
+Every file is written atomically. The report reads only the records, the expected cells and the
+reference file; it never looks into run folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fptbench.errors import UsageError
+from fptbench.fileio import atomic_write
+from fptbench.report.figures import bars_figure, scatter_figure
+from fptbench.report.reference import load_reference
+from fptbench.report.render import to_csv, to_latex, to_markdown
+from fptbench.report.rows import Layout, collect_rows, values
+from fptbench.report.tables import Table, build_tables
+
+__all__ = ["build_report", "FORMATS"]
+
+FORMATS = ("md", "csv", "latex")
+_SUFFIX = {"md": ".md", "csv": ".csv", "latex": ".tex"}
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _check_formats(formats: Sequence[str]) -> list[str]:
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",") if f.strip()]
+    out = []
+    for f in formats:
+        f = str(f).strip().lower()
+        if f not in FORMATS:
+            raise UsageError(f"--format: expected a comma-separated subset of {','.join(FORMATS)}, got {f!r}")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise UsageError(f"--format: expected at least one of {','.join(FORMATS)}")
+    return out
+
+
+def _figures(layout: Layout, tables: list[Table], out: Path) -> tuple[list[tuple[str, list[Path], str]], list[Path]]:
+    """Draw the figures; returns (title, files, caption) per figure, and all files."""
+    drawn: list[tuple[str, list[Path], str]] = []
+    rows = [r for t in tables if t.name == "complexity" for r in t.rows] or layout.rows
+    for column, word, stem in (("gflops", "GFLOPs", "ap_vs_gflops"), ("latency_ms", "latency (ms)", "ap_vs_latency")):
+        title = f"AP vs {word}"
+        files = scatter_figure(rows, column, word, out / stem, title=title)
+        left = [r.label for r in rows if not (values(r, column) and values(r, "bbox.AP"))]
+        caption = ("One point per row (mean over seeds; bars: sample std when n > 1). GFLOPs = 2 × GMACs."
+                   + (f" Not drawn (no complete record or no value): {', '.join(left)}." if left else ""))
+        drawn.append((title, files, caption))
+    for table in tables:
+        if table.name in ("ablation", "design"):
+            files = bars_figure(table.rows, out / f"{table.name}_bars", title=table.title)
+            left = [r.label for r in table.rows if r.n == 0]
+            caption = ("Bars: mean over seeds; whiskers: sample std (n > 1)."
+                       + (f" Not drawn (no complete record): {', '.join(left)}." if left else ""))
+            drawn.append((f"{table.title} (bars)", files, caption))
+    return drawn, [p for _, files, _ in drawn for p in files]
+
+
+def _index(experiment: str, layout: Layout, tables: list[Table], table_files: dict[str, list[Path]],
+           figures: list[tuple[str, list[Path], str]], out: Path, reference) -> str:
+    def rel(p: Path) -> str:
+        return p.relative_to(out).as_posix()
+
+    n_records = sum(r.n for r in layout.rows)
+    n_cells = n_records + sum(len(r.incomplete) for r in layout.rows)
+    lines = [f"# Report: {experiment}", "",
+             f"Built by `fptbench report` from {n_records} complete run record(s) of {n_cells} expected cell(s), "
+             f"{len(layout.rows)} row(s) (seeds pooled). Only the records are read.", ""]
+    if reference.path is not None:
+        lines += [f"Paper values: {reference.source_line()}, from `{reference.path.name}`; "
+                  "shown only where we could confirm them, every other cell left empty.", ""]
+    lines += ["## Tables", ""]
+    for table in tables:
+        lines.append(to_markdown(table, heading="###"))
+        links = [f"[{p.suffix.lstrip('.')}]({rel(p)})" for p in table_files.get(table.name, [])]
+        if links:
+            lines += ["Files: " + " · ".join(links), ""]
+    lines += ["## Figures", ""]
+    for title, files, caption in figures:
+        lines += [f"### {title}", ""]
+        png = [p for p in files if p.suffix == ".png"]
+        if png:
+            lines += [f"![{title}]({rel(png[0])})", "", caption, "",
+                      "Files: " + " · ".join(f"[{p.suffix.lstrip('.')}]({rel(p)})" for p in files), ""]
+        else:
+            lines += ["Not drawn: no row has a value to plot. " + caption, ""]
+    if layout.left_out:
+        lines += ["## Left out", "", "Records that are not cells of the current matrix (an earlier "
+                  "version of it): " + ", ".join(layout.left_out) + ".", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
+                 cells: list[dict] | None = None, formats: Sequence[str] = FORMATS,
+                 reference: str | Path | None = None) -> dict[str, Any]:
+    """Write the report of one experiment into ``out_dir``.
+
+    Args:
+        records: complete run records (with ``cell``, ``profile``).
+        experiment: its name (titles only).
+        out_dir: folder to write (created).
+        cells: every cell the matrix expects, ``{"run_id", "axes", "state"}`` (optional
+            ``config`` and ``error``); cells without a record become dash rows with a footnote;
+            records whose run id is not among them are left out and listed in index.md.
+            ``None``: the records are the whole matrix.
+        formats: which table files to write, a subset of ``md``, ``csv``, ``latex``
+            (index.md embeds the tables in any case).
+        reference: the paper-values file (default ``<repo>/results/paper_reference.yaml``).
+
+    Returns:
+        ``{"index": Path, "tables": {name: markdown str}, "figures": [Path], "files": [Path]}``;
+        ``files`` = every file written (tables, figures, index.md).
+
+    Raises:
+        UsageError: a bad format, record, cell or reference file (one line).
+    """
+    formats = _check_formats(formats)
+    if not isinstance(records, Sequence) or isinstance(records, (str, bytes, Mapping)):
+        raise UsageError("records: expected a list of run records")
+    ref = load_reference(reference)
+    layout = collect_rows(list(records), None if cells is None else list(cells))
+    if not layout.rows:
+        raise UsageError(f"{experiment}: no records and no cells to report")
+    tables = build_tables(layout, ref)
+    out = Path(out_dir)
+    files: list[Path] = []
+    table_files: dict[str, list[Path]] = {}
+    markdown: dict[str, str] = {}
+    for table in tables:
+        markdown[table.name] = to_markdown(table, heading="#")
+        written = []
+        for fmt in formats:
+            path = out / "tables" / f"{table.name}{_SUFFIX[fmt]}"
+            text = {"md": lambda: markdown[table.name], "csv": lambda: to_csv(table),
+                    "latex": lambda: to_latex(table, label=f"tab:{experiment}-{table.name}")}[fmt]()
+            written.append(_write_text(path, text))
+        table_files[table.name] = written
+        files += written
+    figures, figure_files = _figures(layout, tables, out / "figures")
+    index = _write_text(out / "index.md", _index(experiment, layout, tables, table_files, figures, out, ref))
+    return {"index": index, "tables": markdown, "figures": figure_files, "files": files + figure_files + [index]}

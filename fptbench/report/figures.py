@@ -1,0 +1,179 @@
+"""Report figures (seaborn on matplotlib's Agg canvas), each written as PNG and PDF.
+
+- ``ap_vs_gflops``, ``ap_vs_latency``: one point per report row (seeds pooled: the mean, with
+  ± sample-std error bars when n > 1), labelled with the row's name; box AP and, with a mask
+  head, mask AP side by side.
+- ``<table>_bars``: the ablation (and the design table) as grouped bars, AP .. APl per row,
+  bars = seed means, whiskers = sample std over seeds.
+
+No pyplot: each figure is a :class:`matplotlib.figure.Figure` rendered by the Agg canvas, so
+nothing global (backend, open figures) changes in the caller's process.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from fptbench.records import write_bytes_atomic
+from fptbench.report.rows import AP_NAMES, NECKS, Row, stats, values
+
+__all__ = ["scatter_figure", "bars_figure", "FORMATS"]
+
+FORMATS = ("png", "pdf")
+_DPI = 150
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    FigureCanvasAgg(fig)
+    out = []
+    for fmt in FORMATS:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=_DPI, bbox_inches="tight")
+        out.append(write_bytes_atomic(stem.with_suffix(f".{fmt}"), buf.getvalue()))
+    return out
+
+
+def _tasks(rows: Sequence[Row]) -> list[tuple[str, str]]:
+    tasks = [("bbox", "box AP")]
+    if any(values(row, "segm.AP") for row in rows):
+        tasks.append(("segm", "mask AP"))
+    return tasks
+
+
+def _palette(labels: Sequence[str], necks: Sequence[str | None] | None = None) -> dict[str, tuple]:
+    """A colour per label; a neck keeps its colour across figures when it names one label only."""
+    colours = sns.color_palette("colorblind", n_colors=max(len(NECKS) + 1, len(labels)))
+    if necks is not None and len(set(necks)) == len(labels):
+        return {label: colours[NECKS.index(n) if n in NECKS else len(NECKS)] for label, n in zip(labels, necks)}
+    return {label: colours[i] for i, label in enumerate(labels)}
+
+
+def _ap_limits(ax, top: float) -> None:
+    """AP axes from 0 (a little below, so points on 0 show whole) to the top value plus 15%."""
+    high = max(1.0, top * 1.15)
+    ax.set_ylim(-0.02 * high, high)
+
+
+def _legend(fig: Figure, axes, title: str | None) -> None:
+    """One legend for the figure, under the panels, instead of one over each panel's data."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    if handles:
+        fig.legend(handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.02),
+                   ncols=min(len(labels), 6), fontsize=8, title_fontsize=8, frameon=False)
+
+
+def _hue_order(rows: Sequence[Row]) -> list[str]:
+    necks = {row.neck or "?" for row in rows}
+    return [n for n in NECKS if n in necks] + sorted(necks - set(NECKS))
+
+
+def _place_labels(ax, xs: list[float], ys: list[float], labels: list[str]) -> None:
+    """Annotate each point right of it; a label that would overlap a point or an earlier label
+    moves up until it is clear, with a thin leader line back to its point. Sizes in points,
+    estimated for 8-pt text [ours]."""
+    ax.get_xlim(), ax.get_ylim()  # settle autoscaling before reading the transform
+    to_pt = 72.0 / ax.figure.dpi
+    pts = [tuple(p * to_pt) for p in ax.transData.transform(np.column_stack([xs, ys]))]
+    boxes = [(px - 4, px + 4, py - 4, py + 4) for px, py in pts]  # the markers
+    for (px, py), x, y, label in sorted(zip(pts, xs, ys, labels), key=lambda p: (p[0][1], p[0][0])):
+        width, height, dx, dy = 5.0 * len(label) + 2, 10.0, 6.0, 4.0
+        while True:
+            x0, y0 = px + dx, py + dy
+            clash = [b for b in boxes if x0 < b[1] and x0 + width > b[0] and y0 < b[3] and y0 + height > b[2]]
+            if not clash:
+                break
+            dy = max(b[3] for b in clash) - py + 1
+        boxes.append((x0, x0 + width, y0, y0 + height))
+        ax.annotate(label, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=8, ha="left", va="bottom",
+                    arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6, shrinkA=0, shrinkB=4) if dy > 8 else None)
+
+
+def scatter_figure(rows: Sequence[Row], x_column: str, x_label: str, stem: Path, *, title: str) -> list[Path]:
+    """AP against ``x_column`` (e.g. ``gflops``, ``latency_ms``), one labelled point per row.
+
+    Rows without a value on either axis are left out (the caller lists them). Returns the PNG
+    and PDF paths, or ``[]`` when no row has a point.
+    """
+    tasks = _tasks(rows)
+    points = []
+    for row in rows:
+        x, x_std, _ = stats(values(row, x_column))
+        for task, word in tasks:
+            y, y_std, n = stats(values(row, f"{task}.AP"))
+            if x is not None and y is not None:
+                points.append({"task": word, "label": row.label, "neck": row.neck or "?", "x": x,
+                               "x_std": x_std, "y": y, "y_std": y_std, "n": n})
+    if not points:
+        return []
+    df = pd.DataFrame(points)
+    hue_order = _hue_order(rows)
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(5.2 * len(tasks), 4.2))
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        for ax, (_, word) in zip(axes, tasks):
+            part = df[df["task"] == word]
+            if part.empty:
+                ax.set_visible(False)
+                continue
+            ax.errorbar(part["x"], part["y"], xerr=part["x_std"].fillna(0), yerr=part["y_std"].fillna(0),
+                        fmt="none", ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
+            sns.scatterplot(data=part, x="x", y="y", hue="neck", hue_order=[h for h in hue_order if h in set(part["neck"])],
+                            palette=_palette(hue_order, hue_order), s=55, ax=ax, zorder=2)
+            ax.margins(x=0.25)
+            low = float((part["y"] - part["y_std"].fillna(0)).min())
+            high = float((part["y"] + part["y_std"].fillna(0)).max())
+            pad = max(0.25 * (high - low), 0.5)  # [ours] zoom on the points; AP differences are small
+            ax.set_ylim(max(low - pad, -0.05 * pad), high + 1.5 * pad)
+            ax.set_xlabel(x_label)
+            ax.set_ylabel(f"{word} (%)")
+            ax.set_title(f"{word} vs {x_label}", fontsize=10)
+            _place_labels(ax, list(part["x"]), list(part["y"]), list(part["label"]))
+        _legend(fig, axes, "neck")
+        fig.suptitle(title, fontsize=11)
+        return _save(fig, stem)
+
+
+def bars_figure(rows: Sequence[Row], stem: Path, *, title: str) -> list[Path]:
+    """Grouped bars: AP, AP50, AP75, APs, APm, APl on the x axis, one bar per row (hue), box and
+    mask panels. Bar = mean over seeds, whisker = sample std (n > 1). ``[]`` when no values."""
+    tasks = _tasks(rows)
+    long = []
+    for row in rows:
+        for record in row.records:
+            for task, word in tasks:
+                for name in AP_NAMES:
+                    v = ((record.get("metrics") or {}).get(task) or {}).get(name)
+                    if v is not None and v >= 0:
+                        long.append({"task": word, "metric": name, "row": row.label, "AP": float(v)})
+    if not long:
+        return []
+    df = pd.DataFrame(long)
+    drawn = [row for row in rows if row.label in set(df["row"])]
+    order = [row.label for row in drawn]
+    palette = _palette(order, [row.neck for row in drawn])
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(max(6.0, 0.5 * len(order) * len(AP_NAMES) / 2 + 3) * len(tasks) * 0.8, 4.2))
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        for ax, (_, word) in zip(axes, tasks):
+            part = df[df["task"] == word]
+            sns.barplot(data=part, x="metric", y="AP", hue="row", order=list(AP_NAMES), hue_order=order,
+                        errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, palette=palette, ax=ax)
+            ax.set_xlabel("")
+            ax.set_ylabel(f"{word.split()[0]} AP (%)")
+            ax.set_title(word.split()[0], fontsize=10)
+            top = part.groupby(["metric", "row"])["AP"].agg(lambda v: v.mean() + (v.std() if len(v) > 1 else 0))
+            _ap_limits(ax, float(top.max()))
+        _legend(fig, axes, None)
+        fig.suptitle(title, fontsize=11)
+        return _save(fig, stem)

@@ -1,0 +1,204 @@
+"""The report's tables from real run records: rows, columns, seeds, deltas, dashes, paper values."""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+
+import pytest
+
+from fptbench.errors import UsageError
+from fptbench.report.reference import Reference, load_reference
+from fptbench.report.rows import collect_rows
+from fptbench.report.tables import build_tables
+
+from .conftest import cell_of, with_cell
+
+AP_COLUMNS = [f"{w} {m}" for w in ("box", "mask") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+
+
+def _tables(records, cells=None, reference=None):
+    ref = load_reference() if reference is None else reference
+    return {t.name: t for t in build_tables(collect_rows(records, cells), ref)}
+
+
+def _row(table, neck):
+    rows = table.display.index[table.display["neck"] == neck]
+    assert len(rows) == 1, f"{neck}: {list(table.display['neck'])}"
+    return rows[0]
+
+
+def _set_ap(record, box, mask):
+    """Known AP numbers in a copy of a real record (2-iteration runs score 0.0 everywhere)."""
+    out = copy.deepcopy(record)
+    out["metrics"]["bbox"]["AP"] = box
+    out["metrics"]["segm"]["AP"] = mask
+    return out
+
+
+def test_ablation_rows_columns_in_paper_order(ablation):
+    tables = _tables(ablation["records"], ablation["cells"])
+    assert list(tables) == ["ablation", "complexity"]  # one axis of necks: no backbone or design table
+    table = tables["ablation"]
+    # matrix order is bfp, st, gt, fpt: the table sorts by the paper's order, names from the config
+    assert list(table.display["neck"]) == ["BFP", "+ST", "+GT", "FPT"]
+    columns = list(table.display.columns)
+    assert columns[:2] == ["neck", "n"]
+    assert columns[2:14] == AP_COLUMNS
+    for name in ("Params (M)", "GFLOPs", "latency (ms)", "Δ box AP", "Δ box AP (%)", "Δ mask AP", "Δ mask AP (%)"):
+        assert name in columns
+    assert list(table.display["n"]) == ["2", "1", "0", "1"]
+
+
+def test_neck_comes_from_the_config_not_the_label(ablation):
+    records = [with_cell(r, r["cell"]["run_id"], {"ablation": f"x{i}", "seed": r["cell"]["axes"]["seed"]})
+               for i, r in enumerate(ablation["records"])]
+    records[1]["cell"]["axes"]["ablation"] = "x0"  # bfp seed 1 joins bfp seed 0
+    table = _tables(records)["ablation"]
+    assert list(table.display["neck"]) == ["BFP", "+ST", "FPT"]
+
+
+def test_mean_std_over_seeds_and_n(ablation):
+    records = copy.deepcopy(ablation["records"])
+    records[0] = _set_ap(records[0], 30.0, 27.0)   # bfp seed 0
+    records[1] = _set_ap(records[1], 32.0, 28.0)   # bfp seed 1
+    records[3] = _set_ap(records[3], 33.0, 30.0)   # fpt seed 0
+    table = _tables(records, ablation["cells"])["ablation"]
+    bfp, fpt = _row(table, "BFP"), _row(table, "FPT")
+    assert table.display.loc[bfp, "box AP"] == "31.0 ± 1.4"      # sample std of 30, 32: sqrt(2)
+    assert table.display.loc[bfp, "mask AP"] == "27.5 ± 0.7"
+    assert table.data.loc[bfp, "bbox.AP"] == pytest.approx(31.0)
+    assert table.data.loc[bfp, "bbox.AP_std"] == pytest.approx(math.sqrt(2))
+    assert table.display.loc[fpt, "box AP"] == "33.0"             # one seed: no fake ± 0
+    assert table.display.loc[fpt, "n"] == "1"
+    assert table.data.loc[fpt, "bbox.AP_std"] is None or math.isnan(table.data.loc[fpt, "bbox.AP_std"])
+
+
+def test_delta_against_the_bfp_row(ablation):
+    records = copy.deepcopy(ablation["records"])
+    records[0] = _set_ap(records[0], 30.0, 27.0)
+    records[1] = _set_ap(records[1], 32.0, 28.0)
+    records[2] = _set_ap(records[2], 31.5, 27.5)   # st
+    records[3] = _set_ap(records[3], 33.0, 30.0)
+    table = _tables(records, ablation["cells"])["ablation"]
+    d = table.display
+    assert d.loc[_row(table, "BFP"), "Δ box AP"] == "ref"
+    assert d.loc[_row(table, "+ST"), "Δ box AP"] == "+0.5"
+    assert d.loc[_row(table, "FPT"), "Δ box AP"] == "+2.0"
+    assert d.loc[_row(table, "FPT"), "Δ box AP (%)"] == "+6.5"    # 100 * 2 / 31
+    assert d.loc[_row(table, "FPT"), "Δ mask AP"] == "+2.5"
+    assert d.loc[_row(table, "FPT"), "Δ mask AP (%)"] == "+9.1"   # 100 * 2.5 / 27.5
+    assert table.data.loc[_row(table, "FPT"), "delta_pct_bbox.AP"] == pytest.approx(100 * 2 / 31)
+    assert d.loc[_row(table, "+GT"), "Δ box AP"] == "–"
+
+
+def test_real_runs_numbers_reach_the_tables(ablation):
+    """2-iteration runs: AP 0.0 (APm/APl None: no such objects in the 2 val images); the profile's
+    params, GFLOPs and latency are the runs' own."""
+    tables = _tables(ablation["records"], ablation["cells"])
+    ab, cx = tables["ablation"], tables["complexity"]
+    bfp_records = [r for r in ablation["records"] if r["cell"]["axes"]["ablation"] == "bfp"]
+    i = _row(ab, "BFP")
+    assert ab.data.loc[i, "bbox.AP"] == pytest.approx(statistics.mean(r["metrics"]["bbox"]["AP"] for r in bfp_records))
+    assert ab.display.loc[i, "box APl"] == "n/a"
+    latencies = [r["profile"]["latency_ms"]["median"] for r in bfp_records]
+    j = _row(cx, "BFP")
+    assert cx.data.loc[j, "latency_ms"] == pytest.approx(statistics.mean(latencies))
+    assert cx.data.loc[j, "latency_ms_std"] == pytest.approx(statistics.stdev(latencies))
+    assert cx.data.loc[j, "params_m"] == pytest.approx(bfp_records[0]["profile"]["params"] / 1e6)
+    assert cx.data.loc[j, "gflops"] == pytest.approx(bfp_records[0]["profile"]["flops"] / 1e9)
+    fpt = next(r for r in ablation["records"] if r["cell"]["axes"]["ablation"] == "fpt")
+    k = _row(cx, "FPT")
+    assert cx.data.loc[k, "attn_gflops"] == pytest.approx(fpt["profile"]["attention"]["flops"] / 1e9)
+    assert cx.data.loc[k, "attn_gflops"] > 0 and cx.data.loc[j, "attn_gflops"] == 0
+    assert cx.data.loc[k, "params_m"] > cx.data.loc[j, "params_m"]
+    assert cx.display.loc[k, "input (px)"] == "64x64"
+    assert "2 × GMACs" in " ".join(ab.notes)
+
+
+def test_failed_and_missing_cells_are_dashes_with_footnotes(ablation):
+    table = _tables(ablation["records"], ablation["cells"])["ablation"]
+    gt = _row(table, "+GT")                          # failed, no record: named from its label
+    assert all(table.display.loc[gt, c] == "–" for c in AP_COLUMNS + ["Params (M)", "GFLOPs"])
+    (mark,) = table.marks[(gt, "neck")]
+    assert "gt-s0-0badc0de" in table.footnotes[mark - 1] and "failed" in table.footnotes[mark - 1]
+    assert "CUDA out of memory" in table.footnotes[mark - 1]
+    fpt = _row(table, "FPT")                         # one seed done, one missing
+    (mark,) = table.marks[(fpt, "neck")]
+    assert table.footnotes[mark - 1] == "1 of 2 seeds: run fpt-s1-0000abcd: missing"
+    assert (_row(table, "BFP"), "neck") not in table.marks
+    assert table.data.loc[gt, "state"] == "failed" and table.data.loc[fpt, "state"] == "partial"
+    assert "fpt-s1-0000abcd" in table.data.loc[fpt, "run_ids"]
+    # the same rows in the complexity table
+    cx = _tables(ablation["records"], ablation["cells"])["complexity"]
+    assert cx.display.loc[_row(cx, "+GT"), "GFLOPs"] == "–"
+
+
+def test_reference_values_only_where_known(ablation, tmp_path):
+    table = _tables(ablation["records"], ablation["cells"])["ablation"]
+    gain = table.display["paper Δ box AP (%)"]
+    assert list(gain) == ["", "", "", "8.5"]        # the paper's relative gain: FPT row only
+    assert list(table.display["paper Δ mask AP (%)"]) == ["", "", "", "6.0"]
+    assert not [c for c in table.display.columns if c.startswith("paper ") and "Δ" not in c]  # all absolutes unknown
+    assert any("arXiv" in n or "2007.09451" in n for n in table.notes)
+    # a file with one absolute value known: its column appears, filled in that row only
+    path = tmp_path / "ref.yaml"
+    path.write_text("source: {citation: 'Test.', url: 'https://example.org'}\n"
+                    "tables: {ablation: {rows: {'+ST': {bbox.AP: 37.2, bbox.AP50: null}}}}\n")
+    table = _tables(ablation["records"], ablation["cells"], load_reference(path))["ablation"]
+    assert list(table.display["paper box AP"]) == ["", "37.2", "", ""]
+    assert "paper box AP50" not in table.display.columns and "paper Δ box AP (%)" not in table.display.columns
+    assert list(table.display.columns).index("paper box AP") == list(table.display.columns).index("box AP") + 1
+    # no reference at all
+    table = _tables(ablation["records"], ablation["cells"], Reference())["ablation"]
+    assert not [c for c in table.display.columns if c.startswith("paper")]
+
+
+def test_backbone_head_table_from_real_faster_and_mask_runs(tiny_runs):
+    records, cells = [], []
+    for head, neck, name in (("mask_rcnn", "bfp", "bfp-s0"), ("mask_rcnn", "fpt", "fpt-s0"),
+                             ("faster_rcnn", "bfp", "faster-bfp-s0")):
+        records.append(with_cell(tiny_runs[name], f"{head}-{neck}-s0", {"head": head, "neck": neck, "seed": 0}))
+        cells.append(cell_of(records[-1]))
+    cells.append({"run_id": "faster_rcnn-fpt-s0", "axes": {"head": "faster_rcnn", "neck": "fpt", "seed": 0},
+                  "state": "running"})
+    tables = _tables(records, cells)
+    assert list(tables) == ["backbone_head", "complexity"]  # BFP vs FPT only: the ablation table would repeat it
+    t = tables["backbone_head"]
+    assert list(zip(t.display["head"], t.display["neck"])) == [
+        ("mask_rcnn", "BFP"), ("mask_rcnn", "FPT"), ("faster_rcnn", "BFP"), ("faster_rcnn", "FPT")]
+    assert set(t.display["backbone"]) == {"resnet18"}
+    assert t.display.loc[2, "mask AP"] == "n/a"                   # Faster R-CNN has no masks
+    assert t.display.loc[3, "box AP"] == "–" and "running" in t.footnotes[0]
+    assert list(t.display["paper Δ box AP (%)"]) == ["", "8.5", "", "8.5"]
+    assert list(t.display["paper Δ mask AP (%)"]) == ["", "6.0", "", ""]  # not beside a head without masks
+    assert any("same head" in n for n in t.notes)                 # Δ within the same head
+
+
+def test_design_table_one_row_per_setting(tiny_runs):
+    records = []
+    for label, change in (("fpt", {}), ("gt_dot", {"gt": {"similarity": "dot"}})):
+        record = copy.deepcopy(tiny_runs["fpt-s0"])
+        for section, values in change.items():
+            record["config"][section].update(values)
+        records.append(with_cell(record, f"{label}-s0", {"design": label, "seed": 0}))
+    cells = [cell_of(r) for r in records] + [{"run_id": "lgt5-s0", "axes": {"design": "lgt5", "seed": 0}, "state": "pending"}]
+    tables = _tables(records, cells)
+    assert list(tables) == ["design", "complexity"]
+    t = tables["design"]
+    assert list(t.display["design"]) == ["fpt", "gt_dot", "lgt5"]
+    assert list(t.display["neck"])[:2] == ["FPT", "FPT"]
+    assert "Δ box AP" not in t.display.columns                    # no BFP to compare with
+    assert t.display.loc[2, "box AP"] == "–" and "lgt5-s0: pending" in t.footnotes[0]
+
+
+def test_records_outside_the_matrix_are_left_out_and_bad_records_refused(ablation):
+    cells = [c for c in ablation["cells"] if not c["run_id"].startswith("st-")]
+    layout = collect_rows(ablation["records"], cells)
+    assert [r.neck for r in layout.rows] == ["BFP", "+GT", "FPT"]
+    assert len(layout.left_out) == 1 and layout.left_out[0].startswith("st-s0-")
+    with pytest.raises(UsageError, match=r"records\[0\]: expected a sweep run record"):
+        collect_rows([{"config": {}, "metrics": {}}])
+    with pytest.raises(UsageError, match="appears twice"):
+        collect_rows([ablation["records"][0], ablation["records"][0]])
