@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 from fptbench import __version__
@@ -207,6 +208,150 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# profile
+
+def _profile_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"),
+                        help="input image height and width, pixels (default: 800 1333); the transform "
+                             "is set not to resize it")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
+    parser.add_argument("--runs", type=int, default=10, metavar="N", help="timed runs after warm-up (default: 10)")
+    parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up runs (default: 2)")
+    parser.add_argument("--json", metavar="PATH", help="also write the profile as JSON to PATH")
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    """Parameters, MACs/FLOPs (fvcore + attention handles) by part, latency and peak memory."""
+    height, width = args.size
+    if height < MIN_SIDE or width < MIN_SIDE:
+        raise UsageError(f"--size H W: each side must be at least {MIN_SIDE} pixels, got {height} {width}")
+    if args.runs < 1 or args.warmup < 0:
+        raise UsageError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available here")
+    cfg = load_config(args.name, [tuple(pair) for pair in args.overrides])
+    from fptbench.engine.profile import format_profile, profile_model
+
+    result = profile_model(cfg, size=(height, width), device=args.device, runs=args.runs,
+                           warmup=args.warmup, progress=True)
+    print(format_profile(result))
+    if args.json:
+        from fptbench.records import write_json_atomic
+
+        write_json_atomic(args.json, result)
+        print(f"profile: written to {args.json}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# sweep / status / cancel / report
+
+def _experiment_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("experiment", metavar="EXP",
+                        help="experiment matrix: a name in experiments/ (e.g. demo) or a YAML path")
+    parser.add_argument("--results", default="results", metavar="DIR",
+                        help="results folder; runs go to DIR/<experiment>/<run id>/ (default: results)")
+
+
+def _load_matrix(args: argparse.Namespace):
+    from fptbench.experiments import load_matrix
+
+    return load_matrix(args.experiment, [tuple(pair) for pair in getattr(args, "overrides", [])])
+
+
+def _sweep_args(parser: argparse.ArgumentParser) -> None:
+    _experiment_args(parser)
+    parser.add_argument("--executor", choices=["local", "slurm", "debug"], default="local",
+                        help="local: this machine, --jobs cells at a time (default); slurm: one job array "
+                             "with --cluster's resources; debug: in this process, for pdb")
+    parser.add_argument("--cluster", metavar="PROFILE",
+                        help="cluster profile for --executor slurm: slurm/NAME.yaml or NAME (see slurm/example.yaml)")
+    parser.add_argument("--dry-run", action="store_true", help="print each cell, whether it would be submitted, and why")
+    parser.add_argument("--rerun-failed", action="store_true", help="resubmit cells that failed (they are skipped otherwise)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="local executor: cells running at once (default: 1; each uses every core)")
+    parser.add_argument("--wait", action="store_true",
+                        help="slurm executor: wait, showing progress, until every submitted cell has finished")
+    parser.add_argument("--set", dest="overrides", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                        help="override a config key in every cell (changes their run ids); repeatable")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Submit the matrix's cells that need it; finished, queued and (unless --rerun-failed) failed
+    cells are not submitted again."""
+    from fptbench.launch import load_cluster_profile, run_sweep
+
+    matrix = _load_matrix(args)
+    cluster = load_cluster_profile(args.cluster) if args.cluster else None
+    if cluster is not None and args.executor != "slurm":
+        raise UsageError(f"--cluster {args.cluster}: a cluster profile needs --executor slurm")
+    try:
+        outcome = run_sweep(matrix, executor=args.executor, cluster=cluster, results=args.results,
+                            dry_run=args.dry_run, rerun_failed=args.rerun_failed, jobs=args.jobs,
+                            wait=True if args.wait else None)
+    except KeyboardInterrupt:
+        return 130
+    return 1 if any(status.state == "failed" for status in outcome.statuses
+                    if status.run_id in outcome.submitted) else 0
+
+
+def _status_args(parser: argparse.ArgumentParser) -> None:
+    _experiment_args(parser)
+    parser.add_argument("--lines", type=int, default=8, metavar="N",
+                        help="last N lines of a failed cell's traceback or log (default: 8)")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """One row per cell: state (record + scheduler), job, elapsed, attempts, box AP."""
+    from fptbench.launch import format_status, sweep_status
+
+    matrix = _load_matrix(args)
+    print(format_status(sweep_status(matrix, results=args.results, logs=args.lines), experiment=matrix.name))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel the experiment's queued and running jobs."""
+    from fptbench.launch import cancel_sweep
+
+    cancel_sweep(_load_matrix(args), results=args.results)
+    return 0
+
+
+def _report_args(parser: argparse.ArgumentParser) -> None:
+    _experiment_args(parser)
+    parser.add_argument("--out", metavar="DIR", help="where tables and figures go (default: reports/<experiment>)")
+    parser.add_argument("--format", default="md,latex,csv", metavar="LIST",
+                        help="table formats, comma-separated, of md, latex, csv (default: md,latex,csv)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Tables (pandas) and figures (seaborn) from the experiment's run records only."""
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    bad = [f for f in formats if f not in ("md", "latex", "csv")]
+    if bad or not formats:
+        raise UsageError(f"--format: expected a comma-separated list of md, latex, csv, got '{args.format}'")
+    from fptbench.launch import sweep_status
+    from fptbench.report import build_report
+
+    matrix = _load_matrix(args)
+    statuses = sweep_status(matrix, results=args.results, logs=0)
+    records = [status.record for status in statuses if status.record is not None]
+    cells = [{"run_id": s.run_id, "axes": s.axes, "state": s.state} for s in statuses]
+    out = args.out or str(Path("reports") / matrix.name)
+    report = build_report(records, experiment=matrix.name, out_dir=out, cells=cells, formats=formats)
+    if "ablation" in report["tables"]:
+        print(report["tables"]["ablation"])
+    print(f"report {matrix.name}: {len(records)} of {len(cells)} cells have records; "
+          f"{len(report['tables'])} tables, {len(report['figures'])} figures -> {report['index']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # data
 
 def _data_args(parser: argparse.ArgumentParser) -> None:
@@ -251,6 +396,13 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "train a model (DDP under torchrun/SLURM), checkpoint, then evaluate", _train_args, cmd_train),
     Command("eval", "evaluate a checkpoint with pycocotools' COCOeval and write result.json", _eval_args, cmd_eval),
     Command("infer", "draw a checkpoint's detections on a folder of images", _infer_args, cmd_infer),
+    Command("profile", "parameters, MACs/FLOPs by part (fvcore), latency and peak memory of a model",
+            _profile_args, cmd_profile),
+    Command("sweep", "run an experiment matrix's cells (local, or SLURM via submitit); idempotent",
+            _sweep_args, cmd_sweep),
+    Command("status", "the state of every cell of an experiment (records + scheduler)", _status_args, cmd_status),
+    Command("cancel", "cancel an experiment's queued and running jobs", _experiment_args, cmd_cancel),
+    Command("report", "paper-style tables and figures from an experiment's run records", _report_args, cmd_report),
     Command("data", "datasets: `data synth` writes the embedded synthetic dataset", _data_args, cmd_data),
 )
 

@@ -82,7 +82,9 @@ def test_ci_runs_exactly_the_readme_test_command(repo_root):
     assert os.access(ci, os.X_OK)
     commands = [line for line in ci.read_text().splitlines()
                 if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
-    assert commands == [tests]
+    # besides the test command, CI only starts (and, on exit, stops) the SLURM dev cluster
+    assert commands[-1] == tests
+    assert all("slurm/dev-cluster.sh" in line for line in commands[:-1]), commands
 
 
 FORWARD_SHAPES = {  # 128 x 160 input, no resize; torchvision pads to a multiple of 32

@@ -101,3 +101,14 @@ def submitit_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "submitit"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture(scope="session")
+def local_sweep(tmp_path_factory):
+    """The tiny matrix (bfp, fpt, broken) run once through the local executor, by the CLI.
+
+    Returns (workspace, CompletedProcess of the sweep)."""
+    from tests.launch.workspace import fptbench, make_workspace
+
+    work = make_workspace(tmp_path_factory.mktemp("sweep"))
+    return work, fptbench(work, "sweep", "tiny")

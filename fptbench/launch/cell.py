@@ -1,0 +1,165 @@
+"""One sweep cell as a submitit job: train -> evaluate -> profile -> the run record.
+
+``CellRunner()(spec)`` is what every executor runs (local, SLURM, debug). It is checkpointable:
+on preemption or at the time limit, submitit calls :meth:`CellRunner.checkpoint` and SLURM
+requeues the same job, which resumes training from the last checkpoint of the run folder, so a
+preempted cell ends with exactly the weights of an uninterrupted one (the trainer's resume is
+exact). The number of attempts is counted in the run folder and bounded.
+
+The run folder (``results/<experiment>/<run id>/``) belongs to the cell alone: ``launch.json``
+(attempts), ``error.json`` (the last exception), ``checkpoints/``, ``result.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from fptbench.launch.state import ERROR_FILE, LAUNCH_FILE, RESULT_FILE, now_iso, read_json
+from fptbench.records import write_json_atomic
+
+__all__ = ["CellSpec", "CellRunner"]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything a cell needs, as plain data (it is pickled into the job)."""
+
+    experiment: str
+    matrix: str  # the matrix file, as the user named it
+    run_id: str
+    axes: dict[str, Any]
+    config: dict[str, Any]  # resolved config of the cell
+    run_dir: str  # absolute path of results/<experiment>/<run id>
+    workdir: str  # absolute path the sweep was started from: relative data.root resolves here
+    profile: dict[str, Any] = field(default_factory=dict)  # {"size": [H, W], "runs", "warmup"}
+    executor: str = "local"
+    max_requeues: int = 3
+
+
+def _job_id() -> str:
+    try:
+        return str(submitit.JobEnvironment().job_id)
+    except RuntimeError:  # not inside a submitit job (called directly)
+        return "direct"
+
+
+def _rank() -> tuple[int, int]:
+    """(global rank, number of tasks) of this process in its job; (0, 1) outside submitit."""
+    try:
+        env = submitit.JobEnvironment()
+    except RuntimeError:
+        return 0, 1
+    return env.global_rank, env.num_tasks
+
+
+class CellRunner(submitit.helpers.Checkpointable):
+    """The callable submitted for every cell. Stateless: all it needs is in the spec and on disk."""
+
+    def __call__(self, spec: CellSpec) -> dict[str, Any]:
+        os.chdir(spec.workdir)
+        run_dir = Path(spec.run_dir)
+        rank, tasks = _rank()
+        if rank == 0:
+            launch = self._start_attempt(spec, run_dir)
+        try:
+            if tasks > 1:
+                # [code] submitit's helper: MASTER_ADDR = first host, MASTER_PORT drawn from the job
+                # id (so cells sharing a node do not collide), RANK / WORLD_SIZE / LOCAL_RANK.
+                submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+            record = self._train_evaluate(spec, run_dir)
+            if rank != 0:
+                return {"run_id": spec.run_id, "rank": rank}
+            profile = self._profile(spec, run_dir)
+            launch = read_json(run_dir / LAUNCH_FILE) or launch
+            record["cell"] = {"experiment": spec.experiment, "run_id": spec.run_id,
+                              "axes": dict(spec.axes), "matrix": spec.matrix}
+            record["profile"] = profile
+            record["launch"] = {
+                "executor": spec.executor,
+                "job_id": _job_id(),
+                "attempts": launch["attempts"],
+                "requeues": launch["attempts"] - 1,
+                "hostname": socket.gethostname(),
+                "started": launch["first_started"],
+                "finished": now_iso(),
+            }
+            write_json_atomic(run_dir / RESULT_FILE, record)
+            headline = {kind: m.get("AP") for kind, m in record.get("metrics", {}).items()}
+            print(f"[fptbench] cell {spec.run_id} done: AP {headline} -> {run_dir / RESULT_FILE}", flush=True)
+            return {"run_id": spec.run_id, "metrics": headline}
+        except Exception as err:
+            if rank == 0:
+                write_json_atomic(run_dir / ERROR_FILE, {
+                    "run_id": spec.run_id, "job_id": _job_id(), "time": now_iso(),
+                    "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(),
+                })
+            raise
+        finally:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def checkpoint(self, spec: CellSpec) -> submitit.helpers.DelayedSubmission | None:
+        """Called by submitit on rank 0 at preemption or time limit: requeue unless the cell has
+        used up ``max_requeues``. The trainer's checkpoints are already on disk (periodic); the
+        requeued job resumes from the last one."""
+        launch = read_json(Path(spec.run_dir) / LAUNCH_FILE) or {"attempts": 1}
+        if launch["attempts"] - 1 >= spec.max_requeues:
+            return None  # submitit then ends the job as failed: "checkpoint function returned None"
+        return submitit.helpers.DelayedSubmission(self, spec)
+
+    # -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _start_attempt(spec: CellSpec, run_dir: Path) -> dict[str, Any]:
+        launch = read_json(run_dir / LAUNCH_FILE) or {"attempts": 0, "job_ids": [], "first_started": now_iso()}
+        launch["attempts"] = int(launch["attempts"]) + 1
+        launch["job_ids"] = list(launch.get("job_ids", [])) + [_job_id()]
+        launch["last_started"] = now_iso()
+        launch["hostname"] = socket.gethostname()
+        write_json_atomic(run_dir / LAUNCH_FILE, launch)
+        (run_dir / ERROR_FILE).unlink(missing_ok=True)  # the last attempt's error, if any, is history
+        print(f"[fptbench] cell {spec.run_id}: attempt {launch['attempts']} (job {_job_id()}) in {run_dir}", flush=True)
+        return launch
+
+    @staticmethod
+    def _train_evaluate(spec: CellSpec, run_dir: Path) -> dict[str, Any]:
+        from fptbench.engine import evaluate_checkpoint, train
+        from fptbench.engine.checkpoint import find_last
+
+        result = train(spec.config, run_dir, resume=True, progress=True)
+        if spec.config["train"]["eval_at_end"]:
+            return result
+        return evaluate_checkpoint(spec.config, str(find_last(run_dir)), run_dir, progress=True)
+
+    @staticmethod
+    def _profile(spec: CellSpec, run_dir: Path) -> dict[str, Any]:
+        """Profile the trained weights (the number of detections, hence the mask head's cost,
+        depends on them) at the matrix's profiling size."""
+        from fptbench.checkpoint import load_detection_weights
+        from fptbench.engine.checkpoint import find_last
+        from fptbench.engine.profile import profile_model
+        from fptbench.modeling import build_model
+
+        model = build_model(spec.config)
+        last = find_last(run_dir)
+        if last is not None:
+            load_detection_weights(model, str(last))
+        size = tuple(spec.profile.get("size", (800, 1333)))
+        device = "cuda" if _cuda() else "cpu"
+        return profile_model(spec.config, size=size, device=device, runs=int(spec.profile.get("runs", 10)),
+                             warmup=int(spec.profile.get("warmup", 2)), model=model)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

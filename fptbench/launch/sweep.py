@@ -1,0 +1,361 @@
+"""``fptbench sweep / status / cancel``: run a matrix's cells through submitit, idempotently.
+
+    matrix (fptbench.experiments) -> plan (what to submit, and why) -> submitit executor
+      (local | slurm | debug) -> CellRunner per cell -> results/<experiment>/<run id>/result.json
+
+Re-running a sweep submits only what needs it: a cell with a complete record is skipped, a
+queued or running one is left alone, a failed one is resubmitted only with ``rerun_failed``, a
+cancelled or never-submitted one is (re)submitted and resumes from its checkpoint if it has one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from fptbench.errors import UsageError
+from fptbench.launch.cell import CellRunner, CellSpec
+from fptbench.launch.cluster import ClusterProfile
+from fptbench.launch.state import SweepState
+from fptbench.launch.status import ACTIVE, CellStatus, cell_statuses, log_paths, wait_seconds
+
+__all__ = ["EXECUTORS", "PlanItem", "plan_sweep", "run_sweep", "sweep_status", "cancel_sweep",
+           "format_plan", "format_status", "results_root"]
+
+EXECUTORS = ("local", "slurm", "debug")
+LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # [ours] submitit's local default is 2 min: a cell may take hours
+
+
+@dataclass
+class PlanItem:
+    cell: Any  # fptbench.experiments.Cell
+    status: CellStatus
+    submit: bool
+    reason: str
+
+
+def results_root(results: str | os.PathLike, matrix: Any) -> Path:
+    return Path(results) / matrix.name
+
+
+def plan_sweep(cells: Sequence[Any], statuses: Sequence[CellStatus], *, rerun_failed: bool) -> list[PlanItem]:
+    """Decide, for each cell, whether to submit it and why (one short reason)."""
+    plan = []
+    for cell, status in zip(cells, statuses):
+        state = status.state
+        if state == "done":
+            item = PlanItem(cell, status, False, "done: its record is complete")
+        elif state in ACTIVE:
+            item = PlanItem(cell, status, False, f"{state} as {status.executor} job {status.job_id}: left alone")
+        elif state == "failed":
+            item = (PlanItem(cell, status, True, f"failed before ({status.reason}); --rerun-failed")
+                    if rerun_failed else
+                    PlanItem(cell, status, False, f"failed ({status.reason}); resubmit with --rerun-failed"))
+        elif state == "cancelled":
+            item = PlanItem(cell, status, True, "cancelled before: resumes from its last checkpoint")
+        else:
+            item = PlanItem(cell, status, True, "never submitted")
+        plan.append(item)
+    return plan
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _spec(matrix: Any, cell: Any, root: Path, executor: str, max_requeues: int) -> CellSpec:
+    return CellSpec(
+        experiment=matrix.name,
+        matrix=_display_path(matrix.path),
+        run_id=cell.run_id,
+        axes=dict(cell.axes),
+        config=cell.config,
+        run_dir=str((root / cell.run_id).resolve()),
+        workdir=os.getcwd(),
+        profile=dict(matrix.profile),
+        executor=executor,
+        max_requeues=max_requeues,
+    )
+
+
+def _submitit_folder(root: Path) -> Path:
+    # A fresh folder per submission: job ids restart when a (dev) cluster's state is wiped, and a
+    # reused folder would return an earlier job's result for the same id.
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return root / ".submitit" / f"{stamp}-{os.getpid()}"
+
+
+def _executor(kind: str, folder: Path, matrix: Any, cluster: ClusterProfile | None):
+    import submitit
+
+    if kind == "slurm":
+        assert cluster is not None
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues)
+        executor.update_parameters(name=f"fptbench-{matrix.name}", **cluster.submitit_parameters())
+        return executor
+    if kind == "debug":
+        return submitit.DebugExecutor(folder=folder)
+    import torch
+
+    executor = submitit.LocalExecutor(folder=folder)
+    gpus = matrix.world_size if torch.cuda.is_available() else 0
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=matrix.world_size, gpus_per_node=gpus)
+    return executor
+
+
+_TQDM = re.compile(r"(\w+):\s*\d+%\|[^|]*\|\s*(\d+)/(\d+)")
+
+
+def _cell_progress(entry: dict[str, Any]) -> str:
+    """'train 12/30' from the tqdm bar in a running cell's log ('' if none yet)."""
+    try:
+        with open(log_paths(entry)[1], "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    found = _TQDM.findall(text)
+    if found:
+        what, done, total = found[-1]
+        return f"{what} {done}/{total}"
+    return "profile" if "evaluated" in text else ""
+
+
+@dataclass
+class SweepOutcome:
+    planned: list[PlanItem]
+    submitted: list[str]
+    statuses: list[CellStatus]
+    seconds: float
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for status in self.statuses:
+            counts[status.state] = counts.get(status.state, 0) + 1
+        return counts
+
+
+def run_sweep(
+    matrix: Any,
+    *,
+    executor: str = "local",
+    cluster: ClusterProfile | None = None,
+    results: str | os.PathLike = "results",
+    dry_run: bool = False,
+    rerun_failed: bool = False,
+    jobs: int = 1,
+    wait: bool | None = None,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Plan the matrix's cells and submit those that need it.
+
+    Args:
+        executor: ``local`` (this machine, ``jobs`` cells at a time; waits for them), ``slurm``
+            (one job array with ``cluster``'s resources; returns once submitted unless ``wait``)
+            or ``debug`` (in this process, one after the other; for pdb).
+        wait: wait until every submitted cell has finished (default: True for local and debug).
+    """
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor: expected one of {', '.join(EXECUTORS)}, got '{executor}'")
+    if executor == "slurm":
+        if cluster is None:
+            raise UsageError("--executor slurm needs --cluster slurm/NAME.yaml (see slurm/example.yaml)")
+        if cluster.world_size != matrix.world_size:
+            raise UsageError(
+                f"{_display_path(matrix.path)}: world_size {matrix.world_size} per cell, but {cluster.path} gives "
+                f"{cluster.nodes} node(s) x {cluster.tasks} task(s) = {cluster.world_size}"
+            )
+    if jobs < 1:
+        raise UsageError(f"--jobs: expected at least 1, got {jobs}")
+    started = time.monotonic()
+    root = results_root(results, matrix)
+    state = SweepState.load(root, matrix.name)
+    statuses = cell_statuses(matrix.cells, root, state)
+    plan = plan_sweep(matrix.cells, statuses, rerun_failed=rerun_failed)
+    todo = [item for item in plan if item.submit]
+    if dry_run:
+        echo(format_plan(plan, executor=executor))
+        return SweepOutcome(plan, [], statuses, time.monotonic() - started)
+    if not todo:
+        echo(f"sweep {matrix.name}: nothing to submit; " + _count_line(statuses))
+        return SweepOutcome(plan, [], statuses, time.monotonic() - started)
+
+    root.mkdir(parents=True, exist_ok=True)
+    folder = _submitit_folder(root)
+    max_requeues = cluster.max_requeues if cluster is not None else 3
+    specs = {item.cell.run_id: _spec(matrix, item.cell, root, executor, max_requeues) for item in todo}
+    runner = CellRunner()
+    ex = _executor(executor, folder, matrix, cluster)
+    wait = executor != "slurm" if wait is None else wait
+    submitted: list[str] = []
+    try:
+        if executor == "slurm":
+            with ex.batch():
+                jobs_by_id = {rid: ex.submit(runner, spec) for rid, spec in specs.items()}
+            for rid, job in jobs_by_id.items():
+                state.record_submission(rid, executor="slurm", job_id=job.job_id, folder=str(folder))
+                submitted.append(rid)
+            state.save()
+            array = next(iter(jobs_by_id.values())).job_id.split("_")[0]
+            echo(f"sweep {matrix.name}: submitted {len(submitted)} cell(s) as SLURM job array {array} "
+                 f"({cluster.path}); logs in {folder}")
+            if wait:
+                _wait_slurm(matrix, root, state, submitted, progress)
+        else:
+            _run_here(ex, executor, runner, specs, state, folder, jobs, progress, submitted)
+    except KeyboardInterrupt:
+        cancelled = cancel_sweep(matrix, results=results, echo=lambda line: None)
+        echo(f"sweep {matrix.name}: interrupted; cancelled {cancelled} running cell(s); run the sweep again to resume")
+        raise
+    statuses = cell_statuses(matrix.cells, root, SweepState.load(root, matrix.name))
+    outcome = SweepOutcome(plan, submitted, statuses, time.monotonic() - started)
+    for status in statuses:
+        if status.run_id in submitted and status.state == "failed":
+            echo(f"  failed {status.run_id}: {status.reason}")
+    echo(f"sweep {matrix.name}: submitted {len(submitted)} of {len(plan)} cells; {_count_line(statuses)} "
+         f"in {outcome.seconds / 60:.1f} min -> {root}")
+    return outcome
+
+
+def _run_here(ex, executor: str, runner: CellRunner, specs: dict[str, CellSpec], state: SweepState,
+              folder: Path, jobs: int, progress: bool, submitted: list[str]) -> None:
+    """Local and debug executors: at most ``jobs`` cells at a time, waiting for all of them."""
+    from tqdm import tqdm
+
+    queue = list(specs)
+    running: dict[str, Any] = {}
+    bar = tqdm(total=len(queue), desc=f"sweep {next(iter(specs.values())).experiment}", unit="cell",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                rid = queue.pop(0)
+                job = ex.submit(runner, specs[rid])
+                state.record_submission(rid, executor=executor, job_id=job.job_id, folder=str(folder))
+                state.save()
+                submitted.append(rid)
+                if executor == "debug":  # runs now, in this process
+                    try:
+                        job.result()
+                    except Exception:  # noqa: BLE001 - the cell wrote error.json; status reports it
+                        pass
+                    bar.update(1)
+                    continue
+                running[rid] = job
+            if not running:
+                continue
+            time.sleep(1.0)
+            for rid, job in list(running.items()):
+                if job.done():
+                    del running[rid]
+                    bar.update(1)
+            shown = [f"{rid} {_cell_progress(state.cells[rid])}".strip() for rid in running]
+            bar.set_postfix_str("; ".join(shown), refresh=True)
+    finally:
+        bar.close()
+
+
+def _wait_slurm(matrix: Any, root: Path, state: SweepState, submitted: list[str], progress: bool) -> None:
+    from tqdm import tqdm
+
+    cells = [cell for cell in matrix.cells if cell.run_id in set(submitted)]
+    started = time.monotonic()
+    bar = tqdm(total=len(cells), desc=f"sweep {matrix.name} (slurm)", unit="cell", disable=not progress,
+               dynamic_ncols=True)
+    try:
+        while True:
+            statuses = cell_statuses(cells, root, state, logs=0)
+            finished = sum(status.state not in ACTIVE for status in statuses)
+            bar.update(finished - bar.n)
+            bar.set_postfix_str(_count_line(statuses), refresh=True)
+            if finished == len(cells):
+                return
+            time.sleep(wait_seconds(started))
+    finally:
+        bar.close()
+
+
+def sweep_status(matrix: Any, *, results: str | os.PathLike = "results", logs: int = 8) -> list[CellStatus]:
+    root = results_root(results, matrix)
+    return cell_statuses(matrix.cells, root, SweepState.load(root, matrix.name), logs=logs)
+
+
+def cancel_sweep(matrix: Any, *, results: str | os.PathLike = "results", echo: Callable[[str], None] = print) -> int:
+    """Cancel the sweep's queued and running jobs (scancel through submitit; SIGINT to a local
+    job's controller, as submitit's LocalJob.cancel does). Returns how many cells were cancelled."""
+    import submitit
+
+    count = 0
+    for status in sweep_status(matrix, results=results, logs=0):
+        if status.state not in ACTIVE:
+            continue
+        entry = SweepState.load(results_root(results, matrix), matrix.name).cells[status.run_id]
+        if entry["executor"] == "slurm":
+            submitit.SlurmJob(entry["folder"], entry["job_id"]).cancel(check=False)
+        else:
+            try:
+                os.kill(int(entry["job_id"]), signal.SIGINT)
+            except (ProcessLookupError, ValueError):
+                continue
+        count += 1
+        echo(f"cancelled {status.run_id} ({entry['executor']} job {entry['job_id']}, {status.state})")
+    echo(f"cancel {matrix.name}: {count} cell(s) cancelled")
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+def _count_line(statuses: Sequence[CellStatus]) -> str:
+    counts: dict[str, int] = {}
+    for status in statuses:
+        counts[status.state] = counts.get(status.state, 0) + 1
+    order = ("done", "running", "pending", "requeued", "failed", "cancelled", "missing")
+    return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _elapsed(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def format_plan(plan: Sequence[PlanItem], *, executor: str) -> str:
+    rows = [[item.cell.run_id, item.status.state, "submit" if item.submit else "skip", item.reason] for item in plan]
+    todo = sum(item.submit for item in plan)
+    return (_table(["run id", "state", "action", "why"], rows)
+            + f"\ndry run: would submit {todo} of {len(plan)} cells to the {executor} executor; "
+            + _count_line([item.status for item in plan]))
+
+
+def format_status(statuses: Sequence[CellStatus], *, experiment: str) -> str:
+    rows = []
+    for s in statuses:
+        metric = "-" if s.metric is None else f"{s.metric:.1f}"
+        rows.append([s.run_id, s.state, s.job_id or "-", _elapsed(s.elapsed_s), str(s.attempts), metric])
+    text = _table(["run id", "state", "job", "elapsed", "attempts", "box AP"], rows)
+    for s in statuses:
+        if s.state in ("failed", "cancelled"):
+            text += f"\n\n{s.state} {s.run_id}: {s.reason}"
+            text += "".join(f"\n    {line}" for line in s.log_tail)
+    return text + f"\n{experiment}: {len(statuses)} cells: {_count_line(statuses)}"
