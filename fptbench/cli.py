@@ -329,26 +329,75 @@ def _report_args(parser: argparse.ArgumentParser) -> None:
                         help="table formats, comma-separated, of md, latex, csv (default: md,latex,csv)")
 
 
+def _report_experiment(matrix, *, results: str, out: str, formats: Sequence[str]) -> dict:
+    """Records + the matrix's cells (with their state) -> build_report; prints one summary line."""
+    from fptbench.launch import sweep_status
+    from fptbench.report import build_report
+
+    statuses = sweep_status(matrix, results=results, logs=0)
+    records = [status.record for status in statuses if status.record is not None]
+    cells = [{"run_id": s.run_id, "axes": s.axes, "state": s.state, "config": cell.config,
+              **({"error": s.reason} if s.reason else {})}
+             for s, cell in zip(statuses, matrix.cells)]
+    report = build_report(records, experiment=matrix.name, out_dir=out, cells=cells, formats=formats)
+    print(f"report {matrix.name}: {len(records)} of {len(cells)} cells have records; "
+          f"{len(report['tables'])} tables, {len(report['figures'])} figures -> {report['index']}")
+    return report
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Tables (pandas) and figures (seaborn) from the experiment's run records only."""
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in ("md", "latex", "csv")]
     if bad or not formats:
         raise UsageError(f"--format: expected a comma-separated list of md, latex, csv, got '{args.format}'")
-    from fptbench.launch import sweep_status
-    from fptbench.report import build_report
-
     matrix = _load_matrix(args)
-    statuses = sweep_status(matrix, results=args.results, logs=0)
-    records = [status.record for status in statuses if status.record is not None]
-    cells = [{"run_id": s.run_id, "axes": s.axes, "state": s.state} for s in statuses]
-    out = args.out or str(Path("reports") / matrix.name)
-    report = build_report(records, experiment=matrix.name, out_dir=out, cells=cells, formats=formats)
+    report = _report_experiment(matrix, results=args.results, out=args.out or str(Path("reports") / matrix.name),
+                                formats=formats)
     if "ablation" in report["tables"]:
         print(report["tables"]["ablation"])
-    print(f"report {matrix.name}: {len(records)} of {len(cells)} cells have records; "
-          f"{len(report['tables'])} tables, {len(report['figures'])} figures -> {report['index']}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+def _demo_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="data/synth", metavar="DIR",
+                        help="the embedded dataset's folder; written first if missing (default: data/synth)")
+    parser.add_argument("--results", default="results", metavar="DIR", help="results folder (default: results)")
+    parser.add_argument("--out", default="reports/demo", metavar="DIR", help="report folder (default: reports/demo)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="cells running at once (default: 1)")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole harness on this machine: embedded data -> experiments/demo.yaml through the local
+    executor (train, evaluate, profile each cell) -> report. Finished cells are reused."""
+    from fptbench.launch import run_sweep
+
+    start = time.perf_counter()
+    data = Path(args.data)
+    if not (data / "annotations" / "instances_train.json").exists():
+        from fptbench.data.synth import summary_line, write_synth
+
+        print(f"demo: {summary_line(write_synth(data))}")
+    else:
+        print(f"demo: using the embedded dataset in {data}")
+    overrides = [] if data == Path("data/synth") else [("data.root", str(data))]
+    from fptbench.experiments import load_matrix
+
+    matrix = load_matrix("demo", overrides)
+    outcome = run_sweep(matrix, executor="local", results=args.results, jobs=args.jobs)
+    report = _report_experiment(matrix, results=args.results, out=args.out, formats=("md", "csv", "latex"))
+    for name in ("ablation", "complexity"):
+        if name in report["tables"]:
+            print(f"\n{name}:\n{report['tables'][name]}")
+    pngs = [str(p) for p in report["figures"] if str(p).endswith(".png")]
+    print(f"\nfigures: {', '.join(pngs)}")
+    counts = outcome.counts()
+    print(f"demo: {counts.get('done', 0)} of {len(matrix.cells)} cells done "
+          f"({len(outcome.submitted)} run now) in {(time.perf_counter() - start) / 60:.1f} min; report: {report['index']}")
+    return 0 if counts.get("done", 0) == len(matrix.cells) else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,6 +452,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("status", "the state of every cell of an experiment (records + scheduler)", _status_args, cmd_status),
     Command("cancel", "cancel an experiment's queued and running jobs", _experiment_args, cmd_cancel),
     Command("report", "paper-style tables and figures from an experiment's run records", _report_args, cmd_report),
+    Command("demo", "the main job: embedded data -> the demo matrix (local) -> profile -> report",
+            _demo_args, cmd_demo),
     Command("data", "datasets: `data synth` writes the embedded synthetic dataset", _data_args, cmd_data),
 )
 

@@ -186,6 +186,9 @@ def run_sweep(
     todo = [item for item in plan if item.submit]
     if dry_run:
         echo(format_plan(plan, executor=executor))
+        if executor == "slurm" and todo:
+            params = " ".join(f"{k}={v}" for k, v in cluster.submitit_parameters().items())
+            echo(f"would submit 1 job array of {len(todo)} cell(s) with {cluster.path}: {params}")
         return SweepOutcome(plan, [], statuses, time.monotonic() - started)
     if not todo:
         echo(f"sweep {matrix.name}: nothing to submit; " + _count_line(statuses))

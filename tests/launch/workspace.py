@@ -1,9 +1,9 @@
 """A tiny sweep workspace for the launcher tests: the embedded dataset and small matrices.
 
 Cells train ResNet-18 Mask R-CNN for 6 iterations on 4 synthetic images of 128 px (checkpoint
-every 2), evaluate on 2, and profile at 128 x 128 once: ~15 s a cell on 2 cores. 128 px, not 64:
-at 64 px (2 x 2 P5 maps) FPT training on 2 threads was not bitwise reproducible across processes
-(found while writing these tests; BFP was, and FPT at 128 px was in 4 of 4 runs).
+every 2), evaluate on 2, and profile at 128 x 128 once: ~15 s a cell on 2 cores. Records of two runs of
+a cell are compared bit for bit (weights digest included): see tests/engine/test_reproducible.py
+for what that took (MKL_CBWR).
 """
 
 from __future__ import annotations
