@@ -94,3 +94,16 @@ def test_bad_input_is_one_line_exit_2(local_sweep, args, fragment):
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fptbench: error:") and fragment in lines[0], result.stderr
+
+
+def test_a_two_process_cell_trains_with_ddp_from_the_job_environment(local_sweep):
+    """world_size 2: the local executor starts 2 tasks; the cell initialises gloo DDP from
+    submitit's TorchDistributedEnvironment and rank 0 writes the record."""
+    work, _ = local_sweep
+    text = (work / "experiments" / "tiny_bfp.yaml").read_text()
+    (work / "experiments" / "tiny_ddp.yaml").write_text(text.replace("profile:", "world_size: 2\nprofile:"))
+    result = fptbench(work, "sweep", "tiny_ddp")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    (record,) = records(work / "results" / "tiny_ddp").values()
+    assert record["training"]["world_size"] == 2 and record["training"]["rank"] == 0
+    assert record["training"]["iterations"] == 6 and set(record["metrics"]) == {"bbox", "segm"}

@@ -111,3 +111,22 @@ def test_cancel_cancels_queued_and_running_jobs_and_a_new_sweep_resumes_them(slu
               60, "the cell to show as cancelled")
     plan = fptbench(work, "sweep", "tiny_bfp", "--executor", "slurm", "--cluster", DEV, "--dry-run", *results)
     assert "would submit 1 of 1" in plan.stdout and "resumes from its last checkpoint" in plan.stdout
+
+
+def test_a_two_task_cell_runs_ddp_across_srun_tasks(slurm_sweep, tmp_path):
+    """world_size 2 on SLURM: one job with 2 tasks (srun), DDP (gloo) initialised from submitit's
+    TorchDistributedEnvironment with the port drawn from the job id; rank 0 writes the record."""
+    work, _ = slurm_sweep
+    text = (work / "experiments" / "tiny_bfp.yaml").read_text()
+    (work / "experiments" / "tiny_ddp2.yaml").write_text(text.replace("profile:", "world_size: 2\nprofile:"))
+    profile = tmp_path / "two_tasks.yaml"
+    profile.write_text("partition: dev\ntasks_per_node: 2\ncpus_per_task: 1\nmem_per_task_gb: 3\n"
+                       "timeout_min: 30\narray_parallelism: 1\nsignal_delay_s: 15\n")
+    result = fptbench(work, "sweep", "tiny_ddp2", "--executor", "slurm", "--cluster", str(profile),
+                      "--results", "results-ddp", "--wait")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    (record,) = records(work / "results-ddp" / "tiny_ddp2").values()
+    assert record["training"]["world_size"] == 2 and record["launch"]["executor"] == "slurm"
+    # the mismatch between a matrix's world size and a profile's tasks is refused before submitting
+    wrong = fptbench(work, "sweep", "tiny_bfp", "--executor", "slurm", "--cluster", str(profile), "--dry-run")
+    assert wrong.returncode == 2 and "world_size 1 per cell" in wrong.stderr
