@@ -218,6 +218,10 @@ def run_sweep(
         else:
             _run_here(ex, executor, runner, specs, state, folder, jobs, progress, submitted)
     except KeyboardInterrupt:
+        if executor == "slurm":  # Ctrl-C stops the waiting, not the cluster's jobs
+            echo(f"sweep {matrix.name}: stopped waiting; the SLURM jobs go on (`fptbench status {matrix.name}`, "
+                 f"`fptbench cancel {matrix.name}`)")
+            raise
         cancelled = cancel_sweep(matrix, results=results, echo=lambda line: None)
         echo(f"sweep {matrix.name}: interrupted; cancelled {cancelled} running cell(s); run the sweep again to resume")
         raise

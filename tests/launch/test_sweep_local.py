@@ -107,3 +107,38 @@ def test_a_two_process_cell_trains_with_ddp_from_the_job_environment(local_sweep
     (record,) = records(work / "results" / "tiny_ddp").values()
     assert record["training"]["world_size"] == 2 and record["training"]["rank"] == 0
     assert record["training"]["iterations"] == 6 and set(record["metrics"]) == {"bbox", "segm"}
+
+
+def test_interrupting_a_local_sweep_cancels_its_cell_and_the_next_sweep_resumes_it_exactly(local_sweep):
+    """Ctrl-C on `fptbench sweep` (SIGINT to it): the running cell is cancelled (exit 130), status
+    says so, and the next sweep resumes it from its checkpoint to the uninterrupted weights."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.launch.workspace import REPO_ROOT
+
+    work, _ = local_sweep
+    results = ["--results", "results-int"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "fptbench", "sweep", "tiny_bfp", *results], cwd=work, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = work / "results-int" / "tiny_bfp"
+    deadline = time.monotonic() + 120
+    while not list(root.glob("*/checkpoints/model_0000002.pth")):
+        assert time.monotonic() < deadline and proc.poll() is None, "the cell did not reach its first checkpoint"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err[-2000:]
+    assert "interrupted; cancelled 1 running cell(s)" in out
+    time.sleep(2)  # the local job's controller stops its task
+    (rid,) = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert status_rows(fptbench(work, "status", "tiny_bfp", *results).stdout)[rid][0] == "cancelled"
+    again = fptbench(work, "sweep", "tiny_bfp", *results)
+    assert again.returncode == 0, again.stdout + again.stderr[-2000:]
+    record = json.loads((root / rid / "result.json").read_text())
+    assert record["launch"]["attempts"] == 2
+    uninterrupted = json.loads((work / "results" / "tiny" / rid / "result.json").read_text())
+    assert record["training"]["weights_sha256"] == uninterrupted["training"]["weights_sha256"]
