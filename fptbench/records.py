@@ -28,11 +28,14 @@ from fptbench.config import config_hash
 from fptbench.errors import UsageError
 from fptbench.fileio import atomic_write
 
-__all__ = ["RECORD_VERSION", "RECORD_KEYS", "make_record", "read_record", "write_bytes_atomic",
+__all__ = ["RECORD_VERSION", "RESULT_FILE", "RECORD_KEYS", "make_record", "read_record", "write_bytes_atomic",
            "write_json_atomic", "git_info", "device_info", "versions"]
 
 RECORD_VERSION = 1
 """Bumped when a key of the record changes meaning or disappears."""
+
+RESULT_FILE = "result.json"
+"""The record's file name in a run folder (written by the engine, read by the launcher)."""
 
 RECORD_KEYS = ("record_version", "created", "config", "config_hash", "git", "versions", "device",
                "dataset", "training", "metrics")

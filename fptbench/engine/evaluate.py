@@ -12,7 +12,7 @@ from fptbench.engine.distributed import DistInfo, init_distributed
 
 __all__ = ["RESULT_FILE", "evaluate_model", "evaluate_checkpoint"]
 
-RESULT_FILE = "result.json"
+from fptbench.records import RESULT_FILE
 
 
 def evaluate_model(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ class CellSpec:
     config: dict[str, Any]  # resolved config of the cell
     run_dir: str  # absolute path of results/<experiment>/<run id>
     workdir: str  # absolute path the sweep was started from: relative data.root resolves here
-    profile: dict[str, Any] = field(default_factory=dict)  # {"size": [H, W], "runs", "warmup"}
+    profile: dict[str, Any]  # the matrix's {"size": [H, W], "runs", "warmup"}
     executor: str = "local"
     max_requeues: int = 3
 
@@ -153,10 +153,9 @@ class CellRunner(submitit.helpers.Checkpointable):
         last = find_last(run_dir)
         if last is not None:
             load_detection_weights(model, str(last))
-        size = tuple(spec.profile.get("size", (800, 1333)))
         device = "cuda" if _cuda() else "cpu"
-        return profile_model(spec.config, size=size, device=device, runs=int(spec.profile.get("runs", 10)),
-                             warmup=int(spec.profile.get("warmup", 2)), model=model)
+        return profile_model(spec.config, size=tuple(spec.profile["size"]), device=device,
+                             runs=spec.profile["runs"], warmup=spec.profile["warmup"], model=model)
 
 
 def _cuda() -> bool:

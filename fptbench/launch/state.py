@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from fptbench.errors import UsageError
-from fptbench.records import write_json_atomic
+from fptbench.records import RESULT_FILE, write_json_atomic
 
 __all__ = [
     "COMPLETE_KEYS", "STATE_FILE", "LAUNCH_FILE", "ERROR_FILE", "RESULT_FILE",
     "now_iso", "read_json", "is_complete", "read_complete_record", "SweepState",
 ]
 
-RESULT_FILE = "result.json"
 LAUNCH_FILE = "launch.json"
 ERROR_FILE = "error.json"
 STATE_FILE = "sweep.json"
@@ -98,7 +97,6 @@ class SweepState:
             "job_id": str(job_id),
             "folder": folder,
             "submitted": now_iso(),
-            "first_submitted": entry.get("first_submitted") or now_iso(),
             "submissions": int(entry.get("submissions", 0)) + 1,
         }
 

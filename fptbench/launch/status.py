@@ -17,7 +17,6 @@ call for all the sweep's SLURM jobs) only about cells without one.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +24,9 @@ from typing import Any, Iterable
 
 from fptbench.launch.state import ERROR_FILE, LAUNCH_FILE, SweepState, read_complete_record, read_json
 
-__all__ = ["CellStatus", "cell_statuses", "ACTIVE", "TERMINAL", "log_paths"]
+__all__ = ["CellStatus", "cell_statuses", "ACTIVE", "log_paths"]
 
 ACTIVE = ("running", "pending", "requeued")
-TERMINAL = ("done", "failed", "cancelled", "missing")
 _SUBMIT_GRACE_S = 120.0  # sacct may not list a job yet right after its submission
 _SLURM_PENDING = {"PENDING", "CONFIGURING", "READY"}
 _SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -181,7 +179,3 @@ def _slurm_status(status: CellStatus, entry: dict[str, Any], launch: dict | None
         what = "is not known to sacct" if slurm == "UNKNOWN" else f"ended {slurm}"
         _failed(status, entry, run_dir, logs, f"SLURM job {entry['job_id']} {what} without a complete record")
 
-
-def wait_seconds(started: float) -> float:
-    """Polling interval of a waiting sweep: fast at first, then every 5 s."""
-    return 1.0 if time.monotonic() - started < 30 else 5.0

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from fptbench.errors import UsageError
 from fptbench.launch.cell import CellRunner, CellSpec
 from fptbench.launch.cluster import ClusterProfile
 from fptbench.launch.state import SweepState
-from fptbench.launch.status import ACTIVE, CellStatus, cell_statuses, log_paths, wait_seconds
+from fptbench.launch.status import ACTIVE, CellStatus, cell_statuses, log_paths
 
 __all__ = ["EXECUTORS", "PlanItem", "plan_sweep", "run_sweep", "sweep_status", "cancel_sweep",
            "format_plan", "format_status", "results_root"]
@@ -139,10 +140,7 @@ class SweepOutcome:
     seconds: float
 
     def counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for status in self.statuses:
-            counts[status.state] = counts.get(status.state, 0) + 1
-        return counts
+        return _counts(self.statuses)
 
 
 def run_sweep(
@@ -288,7 +286,7 @@ def _wait_slurm(matrix: Any, root: Path, state: SweepState, submitted: list[str]
             bar.set_postfix_str(_count_line(statuses), refresh=True)
             if finished == len(cells):
                 return
-            time.sleep(wait_seconds(started))
+            time.sleep(1.0 if time.monotonic() - started < 30 else 5.0)  # fast at first, then every 5 s
     finally:
         bar.close()
 
@@ -304,10 +302,11 @@ def cancel_sweep(matrix: Any, *, results: str | os.PathLike = "results", echo: C
     import submitit
 
     count = 0
+    state = SweepState.load(results_root(results, matrix), matrix.name)
     for status in sweep_status(matrix, results=results, logs=0):
         if status.state not in ACTIVE:
             continue
-        entry = SweepState.load(results_root(results, matrix), matrix.name).cells[status.run_id]
+        entry = state.cells[status.run_id]
         if entry["executor"] == "slurm":
             submitit.SlurmJob(entry["folder"], entry["job_id"]).cancel(check=False)
         else:
@@ -324,10 +323,12 @@ def cancel_sweep(matrix: Any, *, results: str | os.PathLike = "results", echo: C
 # ---------------------------------------------------------------------------------------------
 # tables
 
+def _counts(statuses: Sequence[CellStatus]) -> dict[str, int]:
+    return dict(Counter(status.state for status in statuses))
+
+
 def _count_line(statuses: Sequence[CellStatus]) -> str:
-    counts: dict[str, int] = {}
-    for status in statuses:
-        counts[status.state] = counts.get(status.state, 0) + 1
+    counts = _counts(statuses)
     order = ("done", "running", "pending", "requeued", "failed", "cancelled", "missing")
     return ", ".join(f"{counts[s]} {s}" for s in order if counts.get(s))
 
