@@ -39,7 +39,8 @@ def write_matrix(folder: Path, n: int) -> Path:
 
 def fake_records(matrix, root: Path) -> None:
     """A complete record per cell, shaped like a real one (config, metrics, profile, launch)."""
-    from fptbench.records import make_record, write_json_atomic
+    from fptbench.fileio import write_json_atomic
+    from fptbench.records import make_record
 
     metrics = {kind: {k: 1.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")} for kind in ("bbox", "segm")}
     template = make_record(matrix.cells[0].config, metrics=metrics, dataset={"name": "val", "images": 50},

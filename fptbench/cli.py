@@ -240,7 +240,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
                            warmup=args.warmup, progress=True)
     print(format_profile(result))
     if args.json:
-        from fptbench.records import write_json_atomic
+        from fptbench.fileio import write_json_atomic
 
         write_json_atomic(args.json, result)
         print(f"profile: written to {args.json}")

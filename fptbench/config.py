@@ -24,22 +24,38 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
+from fptbench.errors import UsageError
+from fptbench.paths import resolve_name_or_path
+from fptbench.yamlio import YAMLFileError, load_yaml
+
 __all__ = [
+    "BACKBONES",
     "CONFIG_DIR",
     "FPT_CHANNELS",
+    "MIN_SIDE",
     "SCHEMA",
     "ConfigError",
     "Key",
+    "ProfileRequest",
+    "apply_overrides",
     "available_configs",
     "check_config",
+    "check_value",
     "config_hash",
     "default_config",
+    "describe",
     "dump_config",
+    "flat_defaults",
     "load_config",
+    "nest",
+    "read_chain",
+    "resolve_config",
+    "sections",
+    "unknown_key",
 ]
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -49,7 +65,11 @@ FPT_CHANNELS = 256
 """Width of every pyramid level (torchvision FPN ``out_channels``); ST works at this width."""
 
 
-class ConfigError(ValueError):
+MIN_SIDE = 32
+"""Smallest image side the model accepts, pixels: the trunk's output stride."""
+
+
+class ConfigError(UsageError):
     """A config file, override or value is invalid; ``str(err)`` is one line for the user."""
 
 
@@ -74,6 +94,7 @@ class Key:
     item: type | None = None
 
 
+# Mirrors fptbench.modeling.backbone.RESNETS (this module imports no torch); a test pins the two.
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
              "resnext101_32x8d", "resnext101_64x4d")
 
@@ -154,7 +175,7 @@ SCHEMA: dict[str, Key] = {
 }
 
 
-def _sections() -> list[str]:
+def sections() -> list[str]:
     """Top-level names in schema order: sections and top-level keys."""
     out: list[str] = []
     for key in SCHEMA:
@@ -167,7 +188,7 @@ def _sections() -> list[str]:
 # ---------------------------------------------------------------------------------------------
 # values
 
-def _describe(value: Any) -> str:
+def describe(value: Any) -> str:
     """How a value is named in an error message: its YAML type and spelling."""
     if value is None:
         return "null"
@@ -184,7 +205,7 @@ def _type_name(spec: Key) -> str:
     return f"a list of {spec.item.__name__}" if spec.type is list else spec.type.__name__
 
 
-def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
+def check_value(key: str, value: Any, spec: Key, where: str) -> Any:
     """Return ``value`` checked against ``spec`` (an int becomes float where a float is expected).
 
     Raises ConfigError naming ``where`` (the file, or the file and the --set argument).
@@ -195,9 +216,9 @@ def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
         raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got null")
     if spec.type is list:
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {_describe(value)}")
+            raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {describe(value)}")
         item = Key(None, spec.item, spec.doc, choices=spec.choices, min=spec.min, max=spec.max)
-        return [_check_value(f"{key}[{i}]", v, item, where) for i, v in enumerate(value)]
+        return [check_value(f"{key}[{i}]", v, item, where) for i, v in enumerate(value)]
     if spec.type is bool:
         ok = isinstance(value, bool)
     elif spec.type is int:
@@ -218,7 +239,7 @@ def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
                 pass
         elif spec.type is bool:
             hint = " (write true or false)"
-        raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {_describe(value)}{hint}")
+        raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {describe(value)}{hint}")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(map(str, spec.choices))}; "
                           f"got {value!r}")
@@ -231,38 +252,38 @@ def _check_value(key: str, value: Any, spec: Key, where: str) -> Any:
     return value
 
 
-def _unknown_key(key: str, where: str) -> ConfigError:
+def unknown_key(key: str, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(SCHEMA), n=1)
     if close:
         return ConfigError(f"{where}: unknown key '{key}'; did you mean '{close[0]}'?")
-    return ConfigError(f"{where}: unknown key '{key}'; valid top-level names: {', '.join(_sections())}")
+    return ConfigError(f"{where}: unknown key '{key}'; valid top-level names: {', '.join(sections())}")
 
 
 def _set(flat: dict, key: str, value: Any, where: str) -> None:
     spec = SCHEMA.get(key)
     if spec is None:
-        raise _unknown_key(key, where)
-    flat[key] = _check_value(key, value, spec, where)
+        raise unknown_key(key, where)
+    flat[key] = check_value(key, value, spec, where)
 
 
 def _flatten(mapping: Mapping, where: str, prefix: str = "") -> dict[str, Any]:
     """``{"fpt": {"st": True}}`` -> ``{"fpt.st": True}``, checking each key and value."""
     flat: dict[str, Any] = {}
-    sections = set(_sections())
+    heads = set(sections())
     for name, value in mapping.items():
         key = f"{prefix}{name}"
         if key in SCHEMA:
             _set(flat, key, value, where)
         elif isinstance(value, Mapping):
             flat.update(_flatten(value, where, prefix=f"{key}."))
-        elif key in sections:
-            raise ConfigError(f"{where}: section '{key}' must be a mapping of keys, got {_describe(value)}")
+        elif key in heads:
+            raise ConfigError(f"{where}: section '{key}' must be a mapping of keys, got {describe(value)}")
         else:
-            raise _unknown_key(key, where)
+            raise unknown_key(key, where)
     return flat
 
 
-def _nest(flat: Mapping[str, Any]) -> dict:
+def nest(flat: Mapping[str, Any]) -> dict:
     """``{"fpt.st": True}`` -> ``{"fpt": {"st": True}}``, in schema order."""
     out: dict = {}
     for key in [k for k in SCHEMA if k in flat] + [k for k in flat if k not in SCHEMA]:
@@ -274,31 +295,18 @@ def _nest(flat: Mapping[str, Any]) -> dict:
     return out
 
 
+def flat_defaults() -> dict[str, Any]:
+    """The schema defaults as a flat dict, dotted key -> value (a fresh copy each call)."""
+    return {key: spec.default for key, spec in SCHEMA.items()}
+
+
 def default_config() -> dict:
     """The schema defaults as a nested dict (a fresh copy each call)."""
-    return _nest({key: spec.default for key, spec in SCHEMA.items()})
+    return nest(flat_defaults())
 
 
 # ---------------------------------------------------------------------------------------------
 # files
-
-class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader that rejects a key written twice in one mapping (PyYAML keeps the last)."""
-
-
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: set = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}'", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
 
 def _shown(path: Path) -> str:
     """Name of a file in messages: bare for shipped configs, the path otherwise."""
@@ -310,48 +318,30 @@ def available_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
-def _resolve(path_or_name: str | Path) -> Path:
+def resolve_config(path_or_name: str | Path) -> Path:
     """A path that exists, or a shipped config's name (with or without ``.yaml``)."""
-    path = Path(path_or_name)
-    if path.is_file():
-        return path
-    text = str(path_or_name)
-    looks_like_path = "/" in text or "\\" in text
-    if not looks_like_path:
-        stem = text[:-5] if text.endswith(".yaml") else text
-        shipped = CONFIG_DIR / f"{stem}.yaml"
-        if shipped.is_file():
-            return shipped
-        names = available_configs()
-        close = difflib.get_close_matches(stem, names, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        raise ConfigError(f"unknown config '{text}'; {hint}available: {', '.join(names)}")
-    raise ConfigError(f"config file not found: {text}")
+    return resolve_name_or_path(path_or_name, [CONFIG_DIR], kind="config", private=False, error=ConfigError)
 
 
 def _read_yaml(path: Path) -> dict:
     shown = _shown(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
+        data = load_yaml(path, shown)
+    except FileNotFoundError as err:
         raise ConfigError(f"{shown}: cannot read: {err.strerror or err}") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)
-    except yaml.MarkedYAMLError as err:
-        mark = err.problem_mark or err.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = " ".join(str(err.problem or err.context or "invalid YAML").split())
-        raise ConfigError(f"{shown}: YAML syntax error{at}: {problem}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{shown}: YAML error: {' '.join(str(err).split())}") from None
+    except YAMLFileError as err:
+        at = f" at line {err.line}, column {err.column}" if err.line else ""
+        raise ConfigError(f"{shown}: YAML {'syntax ' if err.line else ''}error{at}: {err.problem}") from None
+    except UsageError as err:
+        raise ConfigError(str(err)) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{shown}: the top level must be a mapping of sections, got {_describe(data)}")
+        raise ConfigError(f"{shown}: the top level must be a mapping of sections, got {describe(data)}")
     return data
 
 
-def _read_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Flat values set by ``path`` and its ``_base_`` files, bases first, the file itself last."""
     shown = _shown(path)
     real = path.resolve()
@@ -363,13 +353,13 @@ def _read_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     if isinstance(bases, str):
         bases = [bases]
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{shown}: _base_ must be a file name or a list of file names, got {_describe(bases)}")
+        raise ConfigError(f"{shown}: _base_ must be a file name or a list of file names, got {describe(bases)}")
     flat: dict[str, Any] = {}
     for base in bases:
         base_path = path.parent / base
         if not base_path.is_file():
             raise ConfigError(f"{shown}: _base_ '{base}' not found (looked for {base_path})")
-        flat.update(_read_chain(base_path, (*stack, real)))
+        flat.update(read_chain(base_path, (*stack, real)))
     flat.update(_flatten(data, shown))
     return flat
 
@@ -381,6 +371,41 @@ def _parse_override(text: Any, where: str) -> Any:
         return yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         raise ConfigError(f"{where}: cannot parse the value as YAML") from None
+
+
+def apply_overrides(flat: dict[str, Any],
+                    overrides: Iterable[tuple[str, Any]] | Mapping[str, Any] | None,
+                    shown: str, *, refuse: Callable[[str, str], None] | None = None) -> list[tuple[str, Any]]:
+    """Check ``--set KEY VALUE`` overrides and apply them, in order, to a flat config.
+
+    Args:
+        flat: dotted key -> value; updated in place.
+        overrides: ``(dotted_key, value)`` pairs (or a mapping); a string value is parsed with
+            ``yaml.safe_load`` (``"false"`` -> False, ``"2"`` -> 2, ``"null"`` -> None).
+        shown: the file the overrides apply to, as messages name it.
+        refuse: called as ``refuse(key, where)`` for each known key before its value is read; it
+            raises to refuse the key (the experiment matrix refuses its own axes).
+
+    Returns:
+        The ``(key, typed checked value)`` pairs, in order.
+
+    Raises:
+        ConfigError: ``SHOWN: --set KEY VALUE: what is wrong``.
+    """
+    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else list(overrides or ())
+    out: list[tuple[str, Any]] = []
+    for pair in pairs:
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            raise ConfigError(f"{shown}: an override must be a (key, value) pair, got {pair!r}")
+        key, text = pair
+        where = f"{shown}: --set {key} {text}"
+        if key not in SCHEMA:
+            raise unknown_key(str(key), where)
+        if refuse is not None:
+            refuse(key, where)
+        _set(flat, key, _parse_override(text, where), where)
+        out.append((key, flat[key]))
+    return out
 
 
 def load_config(path_or_name: str | Path,
@@ -400,21 +425,13 @@ def load_config(path_or_name: str | Path,
     Raises:
         ConfigError: one-line message naming the file, key/value and what was expected.
     """
-    path = _resolve(path_or_name)
+    path = resolve_config(path_or_name)
     shown = _shown(path)
-    flat = {key: spec.default for key, spec in SCHEMA.items()}
-    flat.update(_read_chain(path))
-    pairs = list(overrides.items()) if isinstance(overrides, Mapping) else list(overrides or ())
-    for pair in pairs:
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise ConfigError(f"{shown}: an override must be a (key, value) pair, got {pair!r}")
-        key, text = pair
-        where = f"{shown}: --set {key} {text}"
-        if key not in SCHEMA:
-            raise _unknown_key(str(key), where)
-        _set(flat, key, _parse_override(text, where), where)
+    flat = flat_defaults()
+    flat.update(read_chain(path))
+    pairs = apply_overrides(flat, overrides, shown)
     where = f"{shown} (with --set)" if pairs else shown
-    return check_config(_nest(flat), where=where)
+    return check_config(nest(flat), where=where)
 
 
 def check_config(cfg: Mapping, where: str = "config") -> dict:
@@ -426,7 +443,7 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
     ``gt.window`` is 0 or odd, and ``model.min_size <= model.max_size``.
     """
     if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{where}: a config must be a mapping, got {_describe(cfg)}")
+        raise ConfigError(f"{where}: a config must be a mapping, got {describe(cfg)}")
     flat = _flatten(cfg, where)
     missing = [key for key in SCHEMA if key not in flat]
     if missing:
@@ -449,7 +466,7 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
         raise fail(f"train.steps={flat['train.steps']} must be in increasing order")
     if flat["model.min_size"] > flat["model.max_size"]:
         raise fail(f"model.min_size={flat['model.min_size']} must be <= model.max_size={flat['model.max_size']}")
-    return _nest(flat)
+    return nest(flat)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,7 +489,7 @@ def dump_config(cfg: Mapping) -> str:
     ``yaml.safe_load(dump_config(cfg)) == cfg``, and the text is itself a loadable config file.
     """
     lines: list[str] = []
-    order = _sections() + [name for name in cfg if name not in _sections()]
+    order = sections() + [name for name in cfg if name not in sections()]
     for name in order:
         if name not in cfg:
             continue
@@ -493,3 +510,43 @@ def dump_config(cfg: Mapping) -> str:
 
 def _with_doc(line: str, doc: str) -> str:
     return f"{line:<36}  # {doc}" if doc else line
+
+
+# ---------------------------------------------------------------------------------------------
+# profiling request
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """What profiling measures: the model on one random H x W image, at batch 1 [ours].
+
+    Read from an experiment matrix's ``profile:`` section and from ``fptbench profile``'s
+    arguments; :func:`fptbench.engine.profile.profile_model` takes the same defaults.
+    """
+
+    size: tuple[int, int] = (800, 1333)  # [H, W] of the input image, pixels (each side >= MIN_SIDE)
+    runs: int = 10  # timed runs, after the warm-up (>= 1)
+    warmup: int = 2  # untimed warm-up runs (>= 0)
+
+    def __post_init__(self) -> None:
+        for name in ("size", "runs", "warmup"):
+            problem = self.problem(name, getattr(self, name))
+            if problem:
+                raise ConfigError(f"profile {name} {problem}")
+        object.__setattr__(self, "size", tuple(self.size))
+
+    @staticmethod
+    def problem(name: str, value: Any) -> str | None:
+        """``"must be ..., got ..."`` when ``value`` is not a valid ``name`` field, else None."""
+        if name == "size":
+            if (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(not isinstance(s, bool) and isinstance(s, int) and s >= MIN_SIDE for s in value)):
+                return None
+            return f"must be [H, W], integers >= {MIN_SIDE} pixels, got {value!r}"
+        low = {"runs": 1, "warmup": 0}[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            return f"must be an integer >= {low}, got {describe(value)}"
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        """``{"size": [H, W], "runs": int, "warmup": int}``: the plain data a matrix and a record hold."""
+        return {"size": list(self.size), "runs": self.runs, "warmup": self.warmup}

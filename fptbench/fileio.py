@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
@@ -30,3 +31,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, b
             os.unlink(tmp)
         raise
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`): a reader sees the old file or
+    the new one, never a part."""
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically (see :func:`write_bytes_atomic`).
+
+    Serialised before anything is written: a value JSON cannot hold (NaN, a tensor) raises
+    ``ValueError``/``TypeError`` and leaves ``path`` as it was.
+    """
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    return write_bytes_atomic(path, text.encode("utf-8"))

@@ -26,10 +26,10 @@ from typing import Any, Mapping
 from fptbench import __version__
 from fptbench.config import config_hash
 from fptbench.errors import UsageError
-from fptbench.fileio import atomic_write
+from fptbench.paths import REPO_ROOT
 
-__all__ = ["RECORD_VERSION", "RESULT_FILE", "RECORD_KEYS", "make_record", "read_record", "write_bytes_atomic",
-           "write_json_atomic", "git_info", "device_info", "versions"]
+__all__ = ["RECORD_VERSION", "RESULT_FILE", "RECORD_KEYS", "make_record", "read_record", "git_info", "device_info",
+           "versions"]
 
 RECORD_VERSION = 1
 """Bumped when a key of the record changes meaning or disappears."""
@@ -40,10 +40,9 @@ RESULT_FILE = "result.json"
 RECORD_KEYS = ("record_version", "created", "config", "config_hash", "git", "versions", "device",
                "dataset", "training", "metrics")
 
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # the checkout holding fptbench/
 
 
-def git_info(path: str | Path = _PACKAGE_ROOT) -> dict[str, Any]:
+def git_info(path: str | Path = REPO_ROOT) -> dict[str, Any]:
     """``{"commit": sha, "dirty": bool}`` of the git checkout at ``path``.
 
     ``dirty`` is true when ``git status --porcelain`` lists anything (untracked files included:
@@ -178,24 +177,8 @@ def make_record(
 # ---------------------------------------------------------------------------------------------
 # files
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, ``os.replace``;
-    :func:`fptbench.fileio.atomic_write`): a reader sees the old file or the new one, never a part."""
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON, atomically (see :func:`write_bytes_atomic`).
-
-    Serialised before anything is written: a value JSON cannot hold (NaN, a tensor) raises
-    ``ValueError``/``TypeError`` and leaves ``path`` as it was.
-    """
-    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
-    return write_bytes_atomic(path, text.encode("utf-8"))
-
-
 def read_record(path: str | Path) -> dict[str, Any]:
-    """Read a run record written by :func:`write_json_atomic`.
+    """Read a run record written by :func:`fptbench.fileio.write_json_atomic`.
 
     Raises:
         UsageError: the file is missing, unreadable, not JSON, or not a record (a JSON object

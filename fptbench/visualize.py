@@ -19,7 +19,7 @@ from tqdm import tqdm
 from fptbench.data.image import read_image, to_pixels, to_uint8_rgb
 from fptbench.errors import UsageError
 from fptbench.evaluation.coco_evaluator import masks_to_rle
-from fptbench.records import write_bytes_atomic, write_json_atomic
+from fptbench.fileio import write_bytes_atomic, write_json_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "PALETTE", "infer_images", "list_images"]
 

@@ -17,7 +17,7 @@ from fptbench.config import (
     SCHEMA,
     ConfigError,
     Key,
-    _check_value,
+    check_value,
     available_configs,
     check_config,
     config_hash,
@@ -89,7 +89,7 @@ def test_defaults_are_the_interface_values():
 def test_every_key_is_documented_and_its_default_is_valid():
     for key, spec in SCHEMA.items():
         assert spec.doc.strip() and "\n" not in spec.doc, key
-        assert _check_value(key, spec.default, spec, "schema") == spec.default
+        assert check_value(key, spec.default, spec, "schema") == spec.default
         if spec.choices is not None:
             assert spec.default in spec.choices, key
     assert check_config(default_config()) == default_config()
@@ -215,8 +215,8 @@ def test_null_only_where_the_schema_allows_it():
     assert error_of("maskrcnn_r50_fpt", [("gt.window", "null")]) == (
         "maskrcnn_r50_fpt.yaml: --set gt.window null: key 'gt.window' expects int, got null")
     nullable = Key(None, int, "a nullable int", nullable=True)
-    assert _check_value("x.y", None, nullable, "here") is None
-    assert _check_value("x.y", 3, nullable, "here") == 3
+    assert check_value("x.y", None, nullable, "here") is None
+    assert check_value("x.y", 3, nullable, "here") == 3
 
 
 def test_unparsable_override_value():

@@ -12,8 +12,8 @@ import pytest
 import fptbench
 from fptbench.config import config_hash, load_config
 from fptbench.errors import UsageError
-from fptbench.records import (RECORD_KEYS, git_info, make_record, read_record, write_bytes_atomic,
-                              write_json_atomic)
+from fptbench.fileio import write_bytes_atomic, write_json_atomic
+from fptbench.records import RECORD_KEYS, git_info, make_record, read_record
 
 METRICS = {"bbox": {"AP": 37.5, "AP50": 58.1, "AP75": 40.2, "APs": 21.0, "APm": 41.0, "APl": None},
            "segm": {"AP": 34.0, "AP50": 55.0, "AP75": 36.1, "APs": 15.2, "APm": 36.6, "APl": 50.3}}

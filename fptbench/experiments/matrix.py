@@ -8,7 +8,7 @@ ones::
     base: synth_r18_bfp            # config name, or a YAML path relative to this file
     set: {train.max_iter: 30}      # fixed overrides for every cell (dotted keys or sections)
     world_size: 1                  # processes (GPUs) per cell; default 1
-    profile: {size: [128, 128], runs: 3, warmup: 1}   # default [800, 1333], 10, 2
+    profile: {size: [128, 128], runs: 3, warmup: 1}   # default: fptbench.config.ProfileRequest
     axes:
       ablation:                    # named axis: label -> overrides
         bfp: {fpt.st: false, fpt.gt: false, fpt.rt: false}
@@ -37,7 +37,7 @@ import difflib
 import itertools
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -46,30 +46,27 @@ import yaml
 from fptbench.config import (
     SCHEMA,
     ConfigError,
-    _check_value,
-    _describe,
-    _Loader,
-    _nest,
-    _parse_override,
-    _read_chain,
-    _resolve,
-    _sections,
-    _unknown_key,
+    ProfileRequest,
+    apply_overrides,
     check_config,
+    check_value,
     config_hash,
+    describe,
+    flat_defaults,
+    nest,
+    read_chain,
+    resolve_config,
+    sections,
+    unknown_key,
 )
 from fptbench.errors import UsageError
+from fptbench.paths import REPO_ROOT, resolve_name_or_path
+from fptbench.yamlio import YAMLFileError, compose_yaml, construct, read_text
 
 __all__ = ["Cell", "Matrix", "MatrixError", "find_matrix", "load_matrix", "value_label"]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-"""The checkout that holds ``experiments/`` (the package is installed editable)."""
-
 TOP_KEYS = ("description", "base", "set", "world_size", "profile", "axes", "exclude")
-PROFILE_DEFAULTS = {"size": [800, 1333], "runs": 10, "warmup": 2}
-"""Per-cell profiling input: [H, W] pixels, timed runs, untimed warm-up runs [ours]."""
-MIN_SIDE = 32
-"""Smallest profiling image side, pixels: the trunk's output stride (as ``fptbench profile``)."""
+PROFILE_KEYS = tuple(f.name for f in fields(ProfileRequest))
 RUN_ID_HASH = 8
 """Hex digits of the config hash that end a run id."""
 
@@ -181,29 +178,11 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _matrix_dirs() -> list[Path]:
-    dirs = [Path("experiments"), REPO_ROOT / "experiments"]
-    return [d for i, d in enumerate(dirs) if d.is_dir() and d.resolve() not in [e.resolve() for e in dirs[:i]]]
-
-
 def find_matrix(name_or_path: str | os.PathLike) -> Path:
     """``"demo"`` -> ``./experiments/demo.yaml`` if it exists, else ``<repo>/experiments/demo.yaml``;
     an existing path as is. Raises MatrixError (with the close name) when there is none."""
-    text = str(name_or_path)
-    path = Path(text)
-    if path.is_file():
-        return path
-    if "/" in text or "\\" in text or os.sep in text:
-        raise MatrixError(f"matrix file not found: {text}")
-    stem = re.sub(r"\.ya?ml$", "", text)
-    for folder in _matrix_dirs():
-        for suffix in (".yaml", ".yml"):
-            if (folder / f"{stem}{suffix}").is_file():
-                return folder / f"{stem}{suffix}"
-    names = sorted({p.stem for d in _matrix_dirs() for p in [*d.glob("*.yaml"), *d.glob("*.yml")]})
-    close = difflib.get_close_matches(stem, names, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    raise MatrixError(f"unknown experiment '{text}'; {hint}available: {', '.join(names) or 'none'}")
+    return resolve_name_or_path(name_or_path, [Path("experiments"), REPO_ROOT / "experiments"], kind="matrix",
+                                noun="experiment", suffixes=(".yaml", ".yml"), error=MatrixError)
 
 
 class _Reader:
@@ -213,21 +192,10 @@ class _Reader:
         self.path = path
         self.shown = _shown(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path, self.shown)
         except OSError as err:
             raise MatrixError(f"{self.shown}: cannot read: {err.strerror or err}") from None
-        self.loader = _Loader(text)
-        try:
-            self.root = self.loader.get_single_node()
-        except yaml.MarkedYAMLError as err:
-            raise self._yaml_error(err) from None
-        except yaml.YAMLError as err:
-            raise MatrixError(f"{self.shown}: YAML error: {' '.join(str(err).split())}") from None
-
-    def _yaml_error(self, err: yaml.MarkedYAMLError) -> MatrixError:
-        mark = err.problem_mark or err.context_mark
-        problem = " ".join(str(err.problem or err.context or "invalid YAML").split())
-        return MatrixError(f"{self.shown}:{mark.line + 1 if mark else 1}: YAML error: {problem}")
+        self.loader, self.root = _as_matrix_error(compose_yaml, text, self.shown)
 
     def error(self, node: yaml.Node | None, message: str) -> MatrixError:
         return self.error_at(self.line(node), message)
@@ -240,22 +208,19 @@ class _Reader:
         return node.start_mark.line + 1 if node is not None else 1
 
     def value(self, node: yaml.Node) -> Any:
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.MarkedYAMLError as err:
-            raise self._yaml_error(err) from None
+        return _as_matrix_error(construct, self.loader, node, self.shown)
 
     def items(self, node: yaml.Node, what: str) -> list[tuple[str, yaml.Node, yaml.Node]]:
         """``(key, key node, value node)`` of a mapping node, keys strings and unique."""
         if not isinstance(node, yaml.MappingNode):
-            raise self.error(node, f"{what} must be a mapping, got {_describe(self.value(node))}")
+            raise self.error(node, f"{what} must be a mapping, got {describe(self.value(node))}")
         self.loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
         out: list[tuple[str, yaml.Node, yaml.Node]] = []
         first: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = self.value(key_node)
             if not isinstance(key, str):
-                raise self.error(key_node, f"{what}: names must be strings, got {_describe(key)} (quote it)")
+                raise self.error(key_node, f"{what}: names must be strings, got {describe(key)} (quote it)")
             if key in first:
                 raise self.error(key_node, f"{what}: '{key}' is given twice (first at line {first[key]})")
             first[key] = self.line(key_node)
@@ -275,13 +240,13 @@ class _Reader:
             spec = SCHEMA.get(key)
             if spec is not None:
                 where = f"{self.shown}:{self.line(value_node)}: {what}"
-                out.append((key, _as_matrix_error(_check_value, key, self.value(value_node), spec, where)))
+                out.append((key, _as_matrix_error(check_value, key, self.value(value_node), spec, where)))
             elif isinstance(value_node, yaml.MappingNode):
                 out.extend(self.overrides(value_node, what, prefix=f"{key}."))
-            elif key in _sections():
+            elif key in sections():
                 raise self.error(value_node, f"{what}: section '{key}' must be a mapping of keys")
             else:
-                raise MatrixError(str(_unknown_key(key, f"{self.shown}:{self.line(key_node)}: {what}")))
+                raise MatrixError(str(unknown_key(key, f"{self.shown}:{self.line(key_node)}: {what}")))
         seen: set[str] = set()
         for key, _ in out:
             if key in seen:
@@ -291,10 +256,12 @@ class _Reader:
 
 
 def _as_matrix_error(fn, *args, **kwargs):
-    """Call ``fn``; a ConfigError (whose message already names the file) becomes a MatrixError."""
+    """Call ``fn``; any other usage error (its message already names the file) becomes a MatrixError."""
     try:
         return fn(*args, **kwargs)
-    except ConfigError as err:
+    except MatrixError:
+        raise
+    except UsageError as err:
         raise MatrixError(str(err)) from None
 
 
@@ -304,34 +271,30 @@ def _as_matrix_error(fn, *args, **kwargs):
 def _int(reader: _Reader, node: yaml.Node, what: str, low: int) -> int:
     value = reader.value(node)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise reader.error(node, f"{what} must be an integer >= {low}, got {_describe(value)}")
+        raise reader.error(node, f"{what} must be an integer >= {low}, got {describe(value)}")
     return value
 
 
-def _profile(reader: _Reader, node: yaml.Node) -> dict:
-    out = _profile_defaults()
+def _profile(reader: _Reader, node: yaml.Node) -> ProfileRequest:
+    values: dict[str, Any] = {}
     for key, key_node, value_node in reader.items(node, "profile"):
-        if key == "size":
-            size = reader.value(value_node)
-            if (not isinstance(size, list) or len(size) != 2
-                    or any(isinstance(s, bool) or not isinstance(s, int) or s < MIN_SIDE for s in size)):
-                raise reader.error(value_node, f"profile.size must be [H, W], integers >= {MIN_SIDE} pixels, "
-                                               f"got {size!r}")
-            out["size"] = list(size)
-        elif key in ("runs", "warmup"):
-            out[key] = _int(reader, value_node, f"profile.{key}", 1 if key == "runs" else 0)
-        else:
-            close = difflib.get_close_matches(key, list(PROFILE_DEFAULTS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"expected {', '.join(PROFILE_DEFAULTS)}"
+        if key not in PROFILE_KEYS:
+            close = difflib.get_close_matches(key, PROFILE_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"expected {', '.join(PROFILE_KEYS)}"
             raise reader.error(key_node, f"profile: unknown key '{key}'; {hint}")
-    return out
+        value = reader.value(value_node)
+        problem = ProfileRequest.problem(key, value)
+        if problem:
+            raise reader.error(value_node, f"profile.{key} {problem}")
+        values[key] = value
+    return ProfileRequest(**values)
 
 
 def _base(reader: _Reader, node: yaml.Node) -> tuple[str, dict[str, Any]]:
     """The base's name as written and its flat values (schema defaults + its _base_ chain)."""
     base = reader.value(node)
     if not isinstance(base, str) or not base:
-        raise reader.error(node, f"base must be a config name or a YAML path, got {_describe(base)}")
+        raise reader.error(node, f"base must be a config name or a YAML path, got {describe(base)}")
     near = reader.path.parent / base
     try:
         if near.is_file():
@@ -339,9 +302,9 @@ def _base(reader: _Reader, node: yaml.Node) -> tuple[str, dict[str, Any]]:
         elif "/" in base or "\\" in base:
             raise ConfigError(f"file not found (looked for {near})")
         else:
-            path = _resolve(base)
-        flat = {key: spec.default for key, spec in SCHEMA.items()}
-        flat.update(_read_chain(path))
+            path = resolve_config(base)
+        flat = flat_defaults()
+        flat.update(read_chain(path))
     except ConfigError as err:
         raise reader.error(node, f"base '{base}': {err}") from None
     return base, flat
@@ -361,7 +324,7 @@ def _axis(reader: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) -> _
                                          f"labels to overrides)")
         for item in node.value:
             where = f"{reader.shown}:{reader.line(item)}: {what}"
-            value = _as_matrix_error(_check_value, name, reader.value(item), spec, where)
+            value = _as_matrix_error(check_value, name, reader.value(item), spec, where)
             entries.append(_Entry(value, value_label(name, value), ((name, value),), reader.line(item)))
     elif isinstance(node, yaml.MappingNode):
         if name in SCHEMA:
@@ -374,11 +337,11 @@ def _axis(reader: _Reader, name: str, key_node: yaml.Node, node: yaml.Node) -> _
             entries.append(_Entry(label, _sanitise(label), tuple(overrides), reader.line(label_node)))
     else:
         raise reader.error(node, f"{what} must be a list of values (config key) or a mapping label -> "
-                                 f"overrides (named axis), got {_describe(reader.value(node))}")
+                                 f"overrides (named axis), got {describe(reader.value(node))}")
     first: dict[str, int] = {}
     for entry in entries:
         if entry.label in first:
-            raise reader.error_at(entry.line, f"{what}: {_describe(entry.value)} gives the run-id label "
+            raise reader.error_at(entry.line, f"{what}: {describe(entry.value)} gives the run-id label "
                                               f"'{entry.label}' already given at line {first[entry.label]}")
         first[entry.label] = entry.line
     return _Axis(name, tuple(entries), reader.line(key_node))
@@ -390,7 +353,7 @@ def _excludes(reader: _Reader, node: yaml.Node, axes: list[_Axis]) -> list[tuple
         return []
     if not isinstance(node, yaml.SequenceNode):
         raise reader.error(node, f"exclude must be a list of mappings axis -> label or value, "
-                                 f"got {_describe(reader.value(node))}")
+                                 f"got {describe(reader.value(node))}")
     names = [axis.name for axis in axes]
     out = []
     for item in node.value:
@@ -441,7 +404,7 @@ def _expand(reader: _Reader, base_flat: dict[str, Any], fixed: list[tuple[str, A
         flat.update(pairs)
         labels = [entry.label for entry in entries]
         try:
-            cfg = check_config(_nest(flat), where="cell")
+            cfg = check_config(nest(flat), where="cell")
         except ConfigError as err:
             raise _cell_error(reader, err, base_flat, fixed, fixed_line, extra, entries, labels) from None
         digest = config_hash(cfg)
@@ -476,7 +439,7 @@ def _cell_error(reader: _Reader, err: ConfigError, base_flat: dict, fixed: list,
     message = str(err).removeprefix("cell: ")
     for pairs, blame in ((fixed, None), ([*fixed, *extra], "--set")):
         try:
-            check_config(_nest({**base_flat, **dict(pairs)}), where="cell")
+            check_config(nest({**base_flat, **dict(pairs)}), where="cell")
         except ConfigError:
             if blame is None:
                 return reader.error_at(fixed_line, f"base + set: {message}")
@@ -505,49 +468,42 @@ def load_matrix(name_or_path: str | os.PathLike, overrides: Sequence[tuple[str, 
     root = reader.root
     if reader.is_null(root):
         raise reader.error_at(1, "the file is empty; a matrix needs at least 'base'")
-    sections: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+    top: dict[str, tuple[yaml.Node, yaml.Node]] = {}
     for key, key_node, value_node in reader.items(root, "the top level"):
         if key not in TOP_KEYS:
             close = difflib.get_close_matches(key, TOP_KEYS, n=1)
             hint = f"did you mean '{close[0]}'?" if close else f"expected {', '.join(TOP_KEYS)}"
             raise reader.error(key_node, f"unknown top-level key '{key}'; {hint}")
-        sections[key] = (key_node, value_node)
-    if "base" not in sections:
+        top[key] = (key_node, value_node)
+    if "base" not in top:
         raise reader.error(root, "missing 'base': the config the cells start from (a name or a YAML path)")
 
     description = ""
-    if "description" in sections:
-        node = sections["description"][1]
+    if "description" in top:
+        node = top["description"][1]
         description = reader.value(node)
         if not isinstance(description, str):
-            raise reader.error(node, f"description must be a string, got {_describe(description)}")
+            raise reader.error(node, f"description must be a string, got {describe(description)}")
         description = " ".join(description.split())
-    base, base_flat = _base(reader, sections["base"][1])
-    fixed_line = reader.line(sections["set"][0] if "set" in sections else sections["base"][0])
-    fixed = reader.overrides(sections["set"][1], "set") if "set" in sections else []
-    world_size = _int(reader, sections["world_size"][1], "world_size", 1) if "world_size" in sections else 1
-    profile = _profile(reader, sections["profile"][1]) if "profile" in sections else _profile_defaults()
+    base, base_flat = _base(reader, top["base"][1])
+    fixed_line = reader.line(top["set"][0] if "set" in top else top["base"][0])
+    fixed = reader.overrides(top["set"][1], "set") if "set" in top else []
+    world_size = _int(reader, top["world_size"][1], "world_size", 1) if "world_size" in top else 1
+    profile = _profile(reader, top["profile"][1]) if "profile" in top else ProfileRequest()
 
     axes: list[_Axis] = []
-    if "axes" in sections and not reader.is_null(sections["axes"][1]):
-        for name, key_node, value_node in reader.items(sections["axes"][1], "axes"):
+    if "axes" in top and not reader.is_null(top["axes"][1]):
+        for name, key_node, value_node in reader.items(top["axes"][1], "axes"):
             axes.append(_axis(reader, name, key_node, value_node))
-    excludes = _excludes(reader, sections["exclude"][1], axes) if "exclude" in sections else []
+    excludes = _excludes(reader, top["exclude"][1], axes) if "exclude" in top else []
 
-    extra: list[tuple[str, Any]] = []
-    for pair in overrides:
-        if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
-            raise MatrixError(f"{reader.shown}: an override must be a (key, value) pair, got {pair!r}")
-        key, text = pair
-        where = f"{reader.shown}: --set {key} {text}"
-        if key not in SCHEMA:
-            raise MatrixError(str(_unknown_key(str(key), where)))
+    def refuse_axis(key: str, where: str) -> None:
         axis = next((a for a in axes if a.name == key), None)
         if axis is not None:
             raise MatrixError(f"{where}: '{key}' is an axis of this matrix (line {axis.line}); "
                               f"edit or exclude its values instead")
-        value = _as_matrix_error(_parse_override, text, where)
-        extra.append((key, _as_matrix_error(_check_value, key, value, SCHEMA[key], where)))
+
+    extra = _as_matrix_error(apply_overrides, {}, list(overrides), reader.shown, refuse=refuse_axis)
 
     cells = _expand(reader, base_flat, fixed, fixed_line, axes, excludes, extra)
     return Matrix(
@@ -556,11 +512,7 @@ def load_matrix(name_or_path: str | os.PathLike, overrides: Sequence[tuple[str, 
         description=description,
         base=base,
         world_size=world_size,
-        profile=profile,
+        profile=profile.as_dict(),
         axes=tuple((axis.name, tuple(entry.value for entry in axis.entries)) for axis in axes),
         cells=cells,
     )
-
-
-def _profile_defaults() -> dict:
-    return {key: (list(v) if isinstance(v, list) else v) for key, v in PROFILE_DEFAULTS.items()}

@@ -22,7 +22,7 @@ from typing import Any
 import submitit
 
 from fptbench.launch.state import ERROR_FILE, LAUNCH_FILE, RESULT_FILE, now_iso, read_json
-from fptbench.records import write_json_atomic
+from fptbench.fileio import write_json_atomic
 
 __all__ = ["CellSpec", "CellRunner"]
 

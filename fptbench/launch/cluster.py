@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fptbench.errors import UsageError
+from fptbench.paths import REPO_ROOT, find_named
+from fptbench.yamlio import YAMLFileError, load_yaml
 
 __all__ = ["ClusterProfile", "load_cluster_profile", "find_cluster_profile"]
 
@@ -34,7 +34,8 @@ class ClusterProfile:
     mem_per_task_gb: float = 8.0  # memory per task, GiB (sbatch --mem = this x tasks per node)
     timeout_min: int = 60  # time limit per attempt, minutes; a timeout requeues the cell
     array_parallelism: int = 16  # most cells of the array running at once (--array=...%N)
-    max_requeues: int = 3  # [ours] requeues (preemption + time limit) a cell may use before failing
+    max_requeues: int = 3  # [ours] requeues (preemption + time limit) a cell may use before failing; the
+    # one declaration of the bound, counted once, by the cell's launch.json attempts (fptbench.launch.cell)
     signal_delay_s: int = 90  # USR2 this many seconds before the time limit: time to requeue
     setup: tuple[str, ...] = ()  # shell lines run before the job (module load, source a venv)
     additional: dict[str, Any] = field(default_factory=dict)  # other sbatch options, verbatim
@@ -86,11 +87,7 @@ def find_cluster_profile(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.parent != Path("."):
         return path
-    here = Path("slurm") / f"{name_or_path}.yaml"
-    if here.exists():
-        return here
-    repo = Path(__file__).resolve().parents[2] / "slurm" / f"{name_or_path}.yaml"
-    return repo if repo.exists() else here
+    return find_named(name_or_path, [Path("slurm"), REPO_ROOT / "slurm"]) or Path("slurm") / f"{name_or_path}.yaml"
 
 
 def _check(path: Path, key: str, value: Any) -> Any:
@@ -124,13 +121,11 @@ def load_cluster_profile(name_or_path: str) -> ClusterProfile:
     """Read and check a profile; every key is optional, an unknown key is an error."""
     path = find_cluster_profile(name_or_path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)
     except FileNotFoundError:
         raise UsageError(f"{path}: cluster profile not found (profiles live in slurm/; see slurm/example.yaml)") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}{line}: malformed YAML: {getattr(err, 'problem', err)}") from None
+    except YAMLFileError as err:
+        raise UsageError(f"{err.at}: malformed YAML: {err.problem}") from None
     data = data or {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of profile keys, got {type(data).__name__}")

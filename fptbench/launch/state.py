@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from fptbench.errors import UsageError
-from fptbench.records import RESULT_FILE, write_json_atomic
+from fptbench.fileio import write_json_atomic
+from fptbench.records import RESULT_FILE
 
 __all__ = [
     "COMPLETE_KEYS", "STATE_FILE", "LAUNCH_FILE", "ERROR_FILE", "RESULT_FILE",

@@ -22,7 +22,7 @@ import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from fptbench.records import write_bytes_atomic
+from fptbench.fileio import write_bytes_atomic
 from fptbench.report.rows import AP_NAMES, NECKS, Row, stats, values
 
 __all__ = ["scatter_figure", "bars_figure", "FORMATS"]

@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from fptbench.errors import UsageError
+from fptbench.paths import REPO_ROOT
+from fptbench.yamlio import YAMLFileError, load_yaml
 
 __all__ = ["DEFAULT_REFERENCE", "Reference", "load_reference"]
 
-DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "results" / "paper_reference.yaml"
+DEFAULT_REFERENCE = REPO_ROOT / "results" / "paper_reference.yaml"
 """The checkout's reference file: ``<repo>/results/paper_reference.yaml``."""
 
 _TOP_KEYS = {"reference_version", "source", "relative_gains", "tables"}
@@ -105,15 +105,11 @@ def load_reference(path: str | Path | None = None) -> Reference:
         path = DEFAULT_REFERENCE
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path)
     except FileNotFoundError:
         raise UsageError(f"{path}: reference file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path}: cannot read the reference file: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', None) or err}") from None
+    except YAMLFileError as err:
+        raise UsageError(f"{err.at}: not valid YAML: {err.problem}") from None
     data = _mapping(data, str(path))
     unknown = set(data) - _TOP_KEYS
     if unknown:

@@ -16,7 +16,7 @@ import pytest
 from fptbench.config import config_hash, load_config
 from fptbench.errors import UsageError
 from fptbench.experiments import Cell, Matrix, MatrixError, find_matrix, load_matrix, value_label
-from fptbench.experiments.matrix import REPO_ROOT
+from fptbench.paths import REPO_ROOT
 
 SMALL = """\
     description: a small test matrix

@@ -51,6 +51,7 @@ def test_cpu_profile_defaults_to_one_task():
     ("partition: [a, b]\n", "partition: expected a string or null"),
     ("- a\n", "expected a mapping of profile keys"),
     ("a: [\n", "malformed YAML"),
+    ("nodes: 1\nnodes: 2\n", ":2: malformed YAML: duplicate key 'nodes'"),  # PyYAML alone keeps the last
 ])
 def test_bad_profiles_are_one_line_errors_naming_the_file(tmp_path, text, fragment):
     path = tmp_path / "bad.yaml"
