@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .mos_attention import euclidean_as_dot
+from .mos_attention import compute_dtype, euclidean_as_dot
 
 __all__ = ["local_mos_attention", "cell_groups"]
 
@@ -69,7 +69,11 @@ def local_mos_attention(
         similarity: "euclidean" (-||q_n - k_n||^2) or "dot".
         scale: multiplies the similarity; None means 1 / sqrt(D / N).
     Returns:
-        Tensor: (B, Dv, Hf, Wf).
+        Tensor: (B, Dv, Hf, Wf), in q's dtype. Euclidean scores are computed in float32 under
+        autocast, as in ``mos_attention`` [issue #10].
+
+    ``attention.impl`` does not apply here: this is one batched product whose score tensor is
+    (B, Hc, Wc, N, s*s, window^2), linear in pixels for any map size, on any device.
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or pi.dim() != 2:
         raise ValueError("local_mos_attention expects q (B, D, Hf, Wf), k (B, D, Hc, Wc), v (B, Dv, Hc, Wc), pi (B, N)")
@@ -91,6 +95,19 @@ def local_mos_attention(
     d = D // N
     if scale is None:
         scale = 1.0 / math.sqrt(d)
+    out_dtype = q.dtype
+    dtype = compute_dtype(q, similarity)
+    with torch.autocast(q.device.type, enabled=False):
+        out = _local(*(t.to(dtype) for t in (q, k, v, pi)), stride, window, similarity, scale)
+    return out.to(out_dtype)
+
+
+def _local(q: Tensor, k: Tensor, v: Tensor, pi: Tensor, stride: int, window: int, similarity: str, scale: float) -> Tensor:
+    B, D, Hf, Wf = q.shape
+    _, _, Hc, Wc = k.shape
+    Dv = v.shape[1]
+    N = pi.shape[1]
+    d = D // N
     w2 = window * window
 
     # Channels last, split into parts: (B, N, H, W, d).

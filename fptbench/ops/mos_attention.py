@@ -38,17 +38,40 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["mos_attention", "euclidean_as_dot", "choose_impl", "DEFAULT_TILE_ELEMENTS", "PROFILE_FORWARD", "PROFILE_BACKWARD"]
+__all__ = [
+    "mos_attention",
+    "euclidean_as_dot",
+    "choose_impl",
+    "compute_dtype",
+    "block_rows",
+    "IMPLS",
+    "SDPA_LAYOUTS",
+    "DEFAULT_TILE_ELEMENTS",
+    "PROFILE_FORWARD",
+    "PROFILE_BACKWARD",
+]
 
 # [ours] Cap on the elements of the (N + 2) score tiles of one query block: 2^26 floats =
-# 256 MiB in fp32, so that the whole neck stays far below the memory target at COCO sizes.
+# 256 MiB in fp32 on the CPU, so that the whole neck stays far below the memory target at COCO
+# sizes. On CUDA the cap is 4x larger (2^28 elements, 512 MiB in bf16): fewer, larger blocks
+# keep the GPU busy instead of launch-bound (issue #10).
 DEFAULT_TILE_ELEMENTS = 1 << 26
+CUDA_TILE_ELEMENTS = 1 << 28
 
-_IMPLS = ("auto", "sdpa", "blocks", "naive")
+# The one declaration of the implementation names; fptbench.config's ``attention.impl`` choices
+# are pinned to it by tests/test_config.py.
+IMPLS = ("auto", "sdpa", "blocks", "naive")
+# How ``sdpa`` lays out the N components (see ``_mos_sdpa``): "equal" pads q/k parts to V's width
+# so every fused kernel (flash included) accepts them; "unpadded" keeps q/k at their own width
+# (rounded up to a multiple of 8), which only the memory-efficient kernel takes (Dv != D), for
+# fewer multiply-adds. "auto" = "equal" [ours until measured per device: benchmarks/gpu_check.py].
+SDPA_LAYOUTS = ("auto", "equal", "unpadded")
 # Profiler labels: benchmarks/fpt_neck.py times attention inside the neck by these names.
 PROFILE_FORWARD = "fptbench::mos_attention"
 PROFILE_BACKWARD = "fptbench::mos_attention.backward"
 _SIMILARITIES = ("dot", "euclidean")
+# Fused kernels (flash, memory-efficient, cuDNN) want head widths that are multiples of 8.
+HEAD_ALIGN = 8
 
 
 def euclidean_as_dot(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,25 +79,32 @@ def euclidean_as_dot(q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
 
     -||q - k||^2 = -||q||^2 + 2 q.k - ||k||^2, and -||q||^2 is constant over keys, so it cancels
     in a softmax over keys. With q~ = [2q, 1] and k~ = [k, -||k||^2], q~ . k~ = 2 q.k - ||k||^2.
+    Callers pass float32 (``mos_attention`` and ``local_mos_attention`` upcast under autocast):
+    ||k||^2 overflows fp16 above 65504, and the dot-product form cancels catastrophically in
+    half precision [issue #10].
 
     Args:
         q (Tensor): (..., Lq, d) queries.
         k (Tensor): (..., Lk, d) keys.
     Returns:
-        (q~, k~): (..., Lq, d + 1) and (..., Lk, d + 1).
+        (q~, k~): (..., Lq, d + 1) and (..., Lk, d + 1), contiguous.
     """
     q_aug = torch.cat([2.0 * q, q.new_ones(q.shape[:-1] + (1,))], dim=-1)
     k_aug = torch.cat([k, -(k * k).sum(dim=-1, keepdim=True)], dim=-1)
     return q_aug, k_aug
 
 
-def choose_impl(impl: str, num_parts: int, device: torch.device) -> str:
-    """Resolve ``impl="auto"`` to "sdpa" or "blocks" (see the module docstring)."""
+def choose_impl(impl: str, num_parts: int, device: torch.device, dropout_p: float = 0.0) -> str:
+    """Resolve ``impl="auto"`` to "sdpa" or "blocks" (see the module docstring).
+
+    On the CPU, sdpa only when N = 1 and there is no dropout: torch's CPU flash kernel refuses
+    dropout, so sdpa would silently take the math path and materialise Lq x Lk.
+    """
     if impl != "auto":
         return impl
-    if num_parts == 1 or device.type != "cpu":
-        return "sdpa"
-    return "blocks"
+    if device.type == "cpu":
+        return "sdpa" if num_parts == 1 and dropout_p == 0 else "blocks"
+    return "sdpa"
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pi: Tensor, similarity: str, impl: str) -> None:
@@ -94,8 +124,8 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, pi: Tensor, similarity: str, 
         raise ValueError(f"mos_attention: the number of parts N={pi.shape[1]} must divide D={D}")
     if similarity not in _SIMILARITIES:
         raise ValueError(f"mos_attention: similarity must be one of {_SIMILARITIES}, got {similarity!r}")
-    if impl not in _IMPLS:
-        raise ValueError(f"mos_attention: impl must be one of {_IMPLS}, got {impl!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"mos_attention: impl must be one of {IMPLS}, got {impl!r}")
 
 
 def mos_attention(
@@ -109,55 +139,85 @@ def mos_attention(
     dropout_p: float = 0.0,
     impl: str = "auto",
     block_size: int = 0,
+    sdpa_layout: str = "auto",
 ) -> Tensor:
     """Mixture-of-softmaxes attention, memory-linear in Lq and Lk, forward and backward.
 
     Args:
-        q (Tensor): (B, Lq, D) queries.
+        q (Tensor): (B, Lq, D) queries, any strides (the modules pass transposed conv outputs).
         k (Tensor): (B, Lk, D) keys.
         v (Tensor): (B, Lk, Dv) values (not split into parts [code]).
         pi (Tensor): (B, N) mixture weights, summing to 1 over N; N divides D. The D channels of
             q and k are split into N contiguous parts of D / N channels.
-        similarity: "dot" (q_n . k_n) or "euclidean" (-||q_n - k_n||^2) [paper, GT].
+        similarity: "dot" (q_n . k_n) or "euclidean" (-||q_n - k_n||^2) [paper, GT]. Euclidean
+            attention always runs in float32, also under autocast [issue #10].
         scale: multiplies the similarity; None means 1 / sqrt(D / N).
         dropout_p: dropout on the attention weights, applied whenever > 0 (callers pass 0 in
             eval, as with ``scaled_dot_product_attention``). With ``blocks`` it is applied
             to the mixed weights W = sum_n pi_n A_n, as the authors' code does [code]; with
-            ``sdpa`` to each component's weights (equal in expectation [ours]).
+            ``sdpa`` to each component's weights (equal in expectation [ours]). ``sdpa`` with
+            dropout on the CPU is refused: no fused CPU kernel takes dropout.
         impl: "auto" | "sdpa" | "blocks" | "naive" (module docstring).
-        block_size: queries per block for ``blocks``; 0 picks the largest block whose (N + 2)
-            score tiles of (block x Lk) stay within DEFAULT_TILE_ELEMENTS.
+        block_size: queries per block for ``blocks``; 0 picks ``block_rows``' choice.
+        sdpa_layout: "auto" | "equal" | "unpadded" (``SDPA_LAYOUTS``).
     Returns:
-        Tensor: (B, Lq, Dv) = sum_n pi[:, n] * softmax_j(sim(q_n, k_n) * scale) @ v.
+        Tensor: (B, Lq, Dv) = sum_n pi[:, n] * softmax_j(sim(q_n, k_n) * scale) @ v, in q's dtype.
     """
     _check_inputs(q, k, v, pi, similarity, impl)
     if block_size < 0:
         raise ValueError(f"mos_attention: block_size must be >= 0 (0 = automatic), got {block_size}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"mos_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if sdpa_layout not in SDPA_LAYOUTS:
+        raise ValueError(f"mos_attention: sdpa_layout must be one of {SDPA_LAYOUTS}, got {sdpa_layout!r}")
     B, Lq, D = q.shape
     Lk = k.shape[1]
     N = pi.shape[1]
     d = D // N
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    # (B, N, L, d): one "head" per mixture component.
-    qn = q.reshape(B, Lq, N, d).transpose(1, 2)
-    kn = k.reshape(B, Lk, N, d).transpose(1, 2)
-    if similarity == "euclidean":
-        qn, kn = euclidean_as_dot(qn, kn)
-    pi, v = pi.to(q.dtype), v.to(q.dtype)
-    kn = kn.to(q.dtype)
-    impl = choose_impl(impl, N, q.device)
-    with torch.profiler.record_function(PROFILE_FORWARD):
-        if impl == "sdpa":
-            return _mos_sdpa(qn, kn, v, pi, scale, dropout_p)
-        if impl == "naive":
-            return _mos_naive(qn, kn, v, pi, scale, dropout_p)
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
-        return _MoSBlockAttention.apply(
-            (qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi, float(dropout_p), seed, int(block_size)
+    impl = choose_impl(impl, N, q.device, dropout_p)
+    if impl == "sdpa" and dropout_p > 0 and q.device.type == "cpu":
+        raise ValueError(
+            "mos_attention: impl 'sdpa' with attention dropout has no fused kernel on the CPU (it would "
+            "materialise the Lq x Lk scores); use impl 'auto' or 'blocks', or dropout 0"
         )
+    out_dtype = q.dtype
+    dtype = compute_dtype(q, similarity)
+    # Inputs are cast once to the compute dtype and autocast is off inside, so every kernel
+    # below runs in that dtype (autocast would otherwise re-cast the fused call's inputs).
+    with torch.profiler.record_function(PROFILE_FORWARD), torch.autocast(q.device.type, enabled=False):
+        q, k, v, pi = (t.to(dtype) for t in (q, k, v, pi))
+        # (B, N, L, d): one "head" per mixture component (views; copies happen once, below).
+        qn = q.reshape(B, Lq, N, d).transpose(1, 2)
+        kn = k.reshape(B, Lk, N, d).transpose(1, 2)
+        if similarity == "euclidean":
+            qn, kn = euclidean_as_dot(qn, kn)
+        if impl == "sdpa":
+            out = _mos_sdpa(qn, kn, v, pi, scale, dropout_p, sdpa_layout)
+        elif impl == "naive":
+            out = _mos_naive(qn, kn, v, pi, scale, dropout_p)
+        else:
+            seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
+            out = _MoSBlockAttention.apply(
+                (qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi, float(dropout_p), seed, int(block_size)
+            )
+    return out.to(out_dtype)
+
+
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run a matmul in for x's device, or x's own dtype without autocast."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def compute_dtype(q: Tensor, similarity: str) -> torch.dtype:
+    """float32 for Euclidean scores in half precision (exactness of -||k||^2), else autocast's dtype."""
+    dtype = _autocast_dtype(q)
+    if similarity == "euclidean" and dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return dtype
 
 
 def _mos_naive(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float) -> Tensor:
@@ -167,33 +227,64 @@ def _mos_naive(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, drop
     return torch.matmul(F.dropout(mixed, dropout_p), v)
 
 
-def _mos_sdpa(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float) -> Tensor:
-    """N components as N heads of one fused attention call, then the pi-weighted sum."""
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def _heads(x: Tensor, width: int) -> Tensor:
+    """(B, N, L, w) -> contiguous (B, N, L, width), zero channels appended.
+
+    Fused kernels need a last-dimension stride of 1 and refuse the transposed views the modules
+    produce; F.pad with zero width returns a clone with the input's strides, hence the explicit
+    ``contiguous`` [issue #10].
+    """
+    if width > x.shape[-1]:
+        x = F.pad(x, (0, width - x.shape[-1]))
+    return x.contiguous()
+
+
+def _mos_sdpa(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float, layout: str) -> Tensor:
+    """N components as N heads of one fused attention call, then the pi-weighted sum.
+
+    Zero channels change no dot product, so padding is exact. "equal": q, k and v heads all
+    padded to round_up(max(d, Dv), 8), which every fused kernel accepts. "unpadded": q/k padded to
+    round_up(d, 8) and v to round_up(Dv, 8); only the memory-efficient kernel takes Dv != D.
+    V is copied per head (N x Lk x Dv, linear): a stride-0 ``expand`` is refused by fused kernels.
+    """
     B, N, Lq, dq = qn.shape
-    Dv = v.shape[-1]
-    width = max(dq, Dv)
-    # Zero channels change no dot product: exact padding to equal head sizes (fused kernels).
-    qn = F.pad(qn, (0, width - dq))
-    kn = F.pad(kn, (0, width - dq))
-    vn = F.pad(v, (0, width - Dv)).unsqueeze(1).expand(B, N, v.shape[1], width)
-    o = F.scaled_dot_product_attention(qn, kn, vn, dropout_p=dropout_p, scale=scale)
+    Lk, Dv = v.shape[1], v.shape[2]
+    if layout == "unpadded":
+        if qn.device.type == "cpu":
+            raise ValueError("mos_attention: sdpa_layout 'unpadded' (Dv != D) has no fused kernel on the CPU; use 'equal' or 'auto'")
+        wq, wv = _round_up(dq, HEAD_ALIGN), _round_up(Dv, HEAD_ALIGN)
+    else:
+        wq = wv = _round_up(max(dq, Dv), HEAD_ALIGN)
+    qh, kh = _heads(qn, wq), _heads(kn, wq)
+    vh = _heads(v.unsqueeze(1).expand(B, N, Lk, Dv), wv)
+    o = F.scaled_dot_product_attention(qh, kh, vh, dropout_p=dropout_p, scale=scale)
     return torch.einsum("bn,bnqc->bqc", pi, o[..., :Dv])
 
 
-def _block_rows(num_parts: int, Lk: int, block_size: int) -> int:
-    """Queries per block: ``block_size``, or the measured sweet spot within the memory cap.
+def block_rows(num_parts: int, Lk: int, block_size: int = 0, device_type: str = "cpu") -> int:
+    """Queries per block of ``blocks``: ``block_size``, or the measured sweet spot within the cap.
 
-    [ours] Measured on the CPU (benchmarks/fpt_neck.py shapes, 2 cores, fp32): forward and
-    backward peak where the N score tiles hold about 2^23 elements (32 MiB): 128 rows at
-    Lk = 66.8k (ST at P2, N = 2), 256 at 16.7k, ~1000 at 4.2k (N = 2) or 1k (GT, N = 4). Fewer
-    rows pay per-block overhead; more fall out of cache. DEFAULT_TILE_ELEMENTS caps (N + 2)
-    tiles for very long key sets.
+    [ours] CPU, measured (benchmarks/fpt_neck.py shapes, 2 cores, fp32): forward and backward
+    peak where the N score tiles hold about 2^23 elements (32 MiB): 128 rows at Lk = 66.8k (ST
+    at P2, N = 2), 256 at 16.7k, ~1000 at 4.2k (N = 2) or 1k (GT, N = 4). Fewer rows pay
+    per-block overhead; more fall out of cache. DEFAULT_TILE_ELEMENTS caps (N + 2) tiles.
+    CUDA [ours]: N tiles of about 2^27 elements, at least 512 and at most 8192 rows, capped by
+    CUDA_TILE_ELEMENTS: ~1000 rows at Lk = 66.8k, so ~65 blocks per image instead of ~500
+    launch-bound ones (benchmarks/gpu_check.py measures it).
     """
     if block_size > 0:
         return block_size
     Lk = max(Lk, 1)
-    rows = min(1024, max(128, (1 << 23) // (num_parts * Lk)))
-    rows = min(rows, DEFAULT_TILE_ELEMENTS // ((num_parts + 2) * Lk))
+    if device_type == "cuda":
+        rows = min(8192, max(512, (1 << 27) // (num_parts * Lk)))
+        rows = min(rows, CUDA_TILE_ELEMENTS // ((num_parts + 2) * Lk))
+    else:
+        rows = min(1024, max(128, (1 << 23) // (num_parts * Lk)))
+        rows = min(rows, DEFAULT_TILE_ELEMENTS // ((num_parts + 2) * Lk))
     return max(16, rows // 16 * 16)
 
 
@@ -234,7 +325,7 @@ class _MoSBlockAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, pi, dropout_p, seed, block_size):
         B, N, Lq, _ = q.shape
         Lk, Dv = v.shape[1], v.shape[2]
-        rows = _block_rows(N, Lk, block_size)
+        rows = block_rows(N, Lk, block_size, q.device.type)
         use_dropout = dropout_p > 0
         # The dropout factor 1 / (1 - p) and, for N = 2, the sum of pi multiply the (rows x Dv)
         # output instead of the (rows x Lk) weights.
@@ -283,9 +374,13 @@ class _MoSBlockAttention(torch.autograd.Function):
         Lk = v.shape[1]
         dout = dout.contiguous()
         dq = torch.empty_like(q)
-        dk = torch.zeros_like(k)
-        dv = torch.zeros_like(v)
-        dpi = torch.zeros_like(pi)
+        # dk, dv and dpi sum over every query block: accumulate in float32 whatever the input
+        # dtype, so bf16/fp16 training does not lose the small late blocks [issue #10].
+        acc = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+        dk = torch.zeros_like(k, dtype=acc)
+        dv = torch.zeros_like(v, dtype=acc)
+        dpi = torch.zeros_like(pi, dtype=acc)
+        low = acc != q.dtype
         m = min(rows, Lq)
         S = q.new_empty(N, m, Lk)
         T = q.new_empty(N, m, Lk)
@@ -311,16 +406,22 @@ class _MoSBlockAttention(torch.autograd.Function):
                     drop = dropout_drop_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb.device)
                     Wb.masked_fill_(drop, 0.0)
                     dWb.masked_fill_(drop, 0.0)
-                dv[b].addmm_(Wb.t(), g[s:e])
+                if low:
+                    dv[b] += torch.mm(Wb.t(), g[s:e])
+                else:
+                    dv[b].addmm_(Wb.t(), g[s:e])
                 # T_n = P_n * dW;  r_n = rowsum(T_n);  dS_n / pi_n = T_n - P_n * r_n
                 Tb = torch.mul(P, dWb, out=T[:, :n])
                 r = Tb.sum(dim=-1, keepdim=True)
                 dpi[b] += r.sum(dim=(1, 2))
                 Tb.addcmul_(P, r, value=-1.0)
                 torch.matmul(Tb, k[b], out=dq[b, :, s:e])
-                dk[b].baddbmm_(Tb.transpose(1, 2), q[b, :, s:e])
+                if low:
+                    dk[b] += torch.bmm(Tb.transpose(1, 2), q[b, :, s:e])
+                else:
+                    dk[b].baddbmm_(Tb.transpose(1, 2), q[b, :, s:e])
         # dS_n carries a factor pi_n that was left out above; apply it once to the small results.
         scale = pi.view(B, N, 1, 1)
         dq.mul_(scale)
         dk.mul_(scale)
-        return dq, dk, dv, dpi, None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), dpi.to(pi.dtype), None, None, None

@@ -108,7 +108,7 @@ def test_never_allocates_score_matrix(impl, similarity):
 
 def test_blocks_bound_their_tiles_automatically():
     # With the automatic block size the tiles stay within DEFAULT_TILE_ELEMENTS-derived rows.
-    from fptbench.ops.mos_attention import _block_rows
+    from fptbench.ops.mos_attention import block_rows as _block_rows
 
     assert _block_rows(2, 66_800, 0) == 128  # ST at P2 of an 800x1333 image
     assert _block_rows(4, 1_050, 0) == 1024
