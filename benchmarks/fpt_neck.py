@@ -96,8 +96,9 @@ def _rss_kb(field: str) -> int:
 def run_case(size: tuple[int, int], variant: str, mode: str) -> dict:
     """One measurement; meant to run in a fresh process (see main)."""
     torch.manual_seed(0)
+    impl = "naive" if variant == "naive" else "auto"
     neck = FeaturePyramidTransformer(
-        CHANNELS, st_pool_kv=variant == "pool", attention_impl="naive" if variant == "naive" else "auto"
+        CHANNELS, st_args=dict(pool_kv=variant == "pool", attention_impl=impl), gt_args=dict(attention_impl=impl)
     )
     shapes = pyramid_shapes(*size)
     # Warm-up at a small size: thread pools, kernels and allocator paths, not timed.

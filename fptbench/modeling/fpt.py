@@ -40,7 +40,7 @@ class FeaturePyramidTransformer(nn.Module):
     ``rt.p5_from_p2`` renders P5 with P2, ``fuse.p2`` is P2's fusion conv.
 
     Args:
-        channels: C of every level (256).
+        channels: C of every level (the pyramid width; fptbench.modeling.backbone.OUT_CHANNELS).
         num_levels: pyramid levels, finest first; level i is P(first_level + i), stride 2^(i+2).
         st, gt, rt: which transformers are on (at least one).
         pairs: "all" | "adjacent".
@@ -50,8 +50,10 @@ class FeaturePyramidTransformer(nn.Module):
             conv starts as the identity on its level's own input X_l and zero on the transformer
             outputs, so the neck starts as BFP (exactly, with norm "none") and the transformers'
             contributions grow from zero, as GT's zero-initialised BN does [code].
-        st_*, gt_*, rt_variant, attention_impl, attention_block_size: see SelfTransformer,
-            GroundingTransformer, RenderingTransformer.
+        st_args, gt_args, rt_args: keyword arguments of every SelfTransformer,
+            GroundingTransformer and RenderingTransformer (their ``config_args`` build them from
+            the config sections), so that a transformer's key is declared and used in its own
+            module, never copied here.
     Shapes:
         features (list[Tensor]): num_levels NCHW maps, finest first, each level half the size of
         the previous one (ceil) -> the transformed list, same shapes.
@@ -59,7 +61,7 @@ class FeaturePyramidTransformer(nn.Module):
 
     def __init__(
         self,
-        channels: int = 256,
+        channels: int,
         num_levels: int = 4,
         *,
         st: bool = True,
@@ -69,19 +71,9 @@ class FeaturePyramidTransformer(nn.Module):
         norm: str = "gn",
         fuse_init: str = "default",
         first_level: int = 2,
-        st_parts: int = 2,
-        st_normalizer: str = "mos",
-        st_pool_kv: bool = False,
-        st_shared_qk: bool = False,
-        st_attn_dropout: float = 0.1,
-        gt_channels: int = 128,
-        gt_parts: int = 4,
-        gt_normalizer: str = "mos",
-        gt_similarity: str = "euclidean",
-        gt_window: int = 0,
-        rt_variant: str = "paper",
-        attention_impl: str = "auto",
-        attention_block_size: int = 0,
+        st_args: Mapping[str, Any] | None = None,
+        gt_args: Mapping[str, Any] | None = None,
+        rt_args: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not (st or gt or rt):
@@ -90,6 +82,7 @@ class FeaturePyramidTransformer(nn.Module):
             raise ValueError(f"FeaturePyramidTransformer: fuse_init must be 'default' or 'identity', got {fuse_init!r}")
         if pairs not in ("all", "adjacent"):
             raise ValueError(f"FeaturePyramidTransformer: pairs must be 'all' or 'adjacent', got {pairs!r}")
+        st_args, gt_args, rt_args = dict(st_args or {}), dict(gt_args or {}), dict(rt_args or {})
         self.num_levels = num_levels
         self.names = [f"p{first_level + i}" for i in range(num_levels)]
         self.st = nn.ModuleDict()
@@ -100,39 +93,21 @@ class FeaturePyramidTransformer(nn.Module):
         for t in range(num_levels):
             srcs: list[tuple[str, int]] = []
             if st:
-                self.st[self.names[t]] = SelfTransformer(
-                    channels,
-                    parts=st_parts,
-                    normalizer=st_normalizer,
-                    pool_kv=st_pool_kv,
-                    shared_qk=st_shared_qk,
-                    attn_dropout=st_attn_dropout,
-                    attention_impl=attention_impl,
-                    block_size=attention_block_size,
-                )
+                self.st[self.names[t]] = SelfTransformer(channels, **st_args)
                 srcs.append(("st", t))
             for s in range(num_levels):
                 if s == t or (pairs == "adjacent" and abs(s - t) != 1):
                     continue
                 key = f"{self.names[t]}_from_{self.names[s]}"
                 if rt and s < t:
-                    self.rt[key] = RenderingTransformer(channels, stride=2 ** (t - s), variant=rt_variant)
+                    self.rt[key] = RenderingTransformer(channels, stride=2 ** (t - s), **rt_args)
                     srcs.append(("rt", s))
             for s in range(t + 1, num_levels):
                 if pairs == "adjacent" and s - t != 1:
                     continue
                 if gt:
-                    self.gt[f"{self.names[t]}_from_{self.names[s]}"] = GroundingTransformer(
-                        channels,
-                        stride=2 ** (s - t),
-                        inner_channels=gt_channels,
-                        parts=gt_parts,
-                        normalizer=gt_normalizer,
-                        similarity=gt_similarity,
-                        window=gt_window,
-                        attention_impl=attention_impl,
-                        block_size=attention_block_size,
-                    )
+                    key = f"{self.names[t]}_from_{self.names[s]}"
+                    self.gt[key] = GroundingTransformer(channels, stride=2 ** (s - t), **gt_args)
                     srcs.append(("gt", s))
             srcs.append(("x", t))
             self.inputs.append(srcs)
@@ -156,9 +131,12 @@ class FeaturePyramidTransformer(nn.Module):
                     conv.weight[:, x_block * channels : (x_block + 1) * channels, 1, 1] = torch.eye(channels)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], channels: int = 256, num_levels: int = 4) -> "FeaturePyramidTransformer":
-        """Build from a config dict with sections fpt, st, gt, rt and attention (fptbench.config)."""
-        fpt, st, gt, rt, att = (cfg[k] for k in ("fpt", "st", "gt", "rt", "attention"))
+    def from_config(cls, cfg: Mapping[str, Any], channels: int, num_levels: int = 4) -> "FeaturePyramidTransformer":
+        """Build from a config dict with sections fpt, st, gt, rt and attention (fptbench.config).
+
+        Each transformer takes its own section (``config_args``); only the ``fpt`` keys are read here.
+        """
+        fpt, att = cfg["fpt"], cfg["attention"]
         return cls(
             channels,
             num_levels,
@@ -168,19 +146,9 @@ class FeaturePyramidTransformer(nn.Module):
             pairs=fpt["pairs"],
             norm=fpt["norm"],
             fuse_init=fpt["fuse_init"],
-            st_parts=st["parts"],
-            st_normalizer=st["normalizer"],
-            st_pool_kv=st["pool_kv"],
-            st_shared_qk=st["shared_qk"],
-            st_attn_dropout=st["attn_dropout"],
-            gt_channels=gt["channels"],
-            gt_parts=gt["parts"],
-            gt_normalizer=gt["normalizer"],
-            gt_similarity=gt["similarity"],
-            gt_window=gt["window"],
-            rt_variant=rt["variant"],
-            attention_impl=att["impl"],
-            attention_block_size=att["block_size"],
+            st_args=SelfTransformer.config_args(cfg["st"], att),
+            gt_args=GroundingTransformer.config_args(cfg["gt"], att),
+            rt_args=RenderingTransformer.config_args(cfg["rt"]),
         )
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor, nn
 
 from fptbench.ops import local_mos_attention, mos_attention
@@ -23,21 +26,34 @@ class GroundingTransformer(nn.Module):
     only the window x window coarse positions around its coarse cell (``local_mos_attention``).
 
     Args:
-        channels: C of both levels (256).
+        channels: C of both levels (the pyramid width).
         stride: scale ratio s = stride(coarse) / stride(fine) (2, 4 or 8); used by LGT.
         inner_channels: width of q, k and v (128 [code]).
         parts: N; ignored (N = 1) when ``normalizer="softmax"``.
         normalizer: "mos" | "softmax".
         similarity: "euclidean" [paper] | "dot" (the paper's similarity ablation).
         window: 0 for the global GT; an odd side for LGT (5 [ours] when the paper's is unknown).
-        attention_impl, block_size: passed to ``mos_attention``.
+        attention_impl, block_size: passed to ``mos_attention`` (the global GT only: LGT is one
+            batched product, memory-linear on every device, that ``attention.impl`` does not
+            apply to).
     Shapes:
         fine (Tensor): (B, C, Hf, Wf), coarse (Tensor): (B, C, Hc, Wc) -> (B, C, Hf, Wf).
     """
 
+    @staticmethod
+    def config_args(section: Mapping[str, Any], attention: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor keywords from the config sections ``gt`` and ``attention``.
+
+        The ``gt`` keys are the constructor's keyword names, except ``gt.channels``, which is
+        ``inner_channels`` here (``channels`` is the pyramid width).
+        """
+        args = dict(section, attention_impl=attention["impl"], block_size=attention["block_size"])
+        args["inner_channels"] = args.pop("channels")
+        return args
+
     def __init__(
         self,
-        channels: int = 256,
+        channels: int,
         *,
         stride: int = 2,
         inner_channels: int = 128,

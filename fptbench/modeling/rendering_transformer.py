@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,7 +30,7 @@ class RenderingTransformer(nn.Module):
     per device in training, as in the authors' setup (2 per GPU).
 
     Args:
-        channels: C of both levels (256).
+        channels: C of both levels (the pyramid width).
         stride: s = stride(coarse) / stride(fine), a power of 2 (2, 4, 8).
         variant: "paper" | "code".
     Shapes:
@@ -37,7 +39,12 @@ class RenderingTransformer(nn.Module):
         stride-2 pyramid; should it differ, it is resized to the coarse map (nearest) [ours].
     """
 
-    def __init__(self, channels: int = 256, *, stride: int = 2, variant: str = "paper") -> None:
+    @staticmethod
+    def config_args(section: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor keywords from the config section ``rt`` (its keys are the keywords' names)."""
+        return dict(section)
+
+    def __init__(self, channels: int, *, stride: int = 2, variant: str = "paper") -> None:
         super().__init__()
         if stride < 2 or stride & (stride - 1):
             raise ValueError(f"RenderingTransformer: stride must be a power of 2 >= 2, got {stride}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ class SelfTransformer(nn.Module):
     1/sqrt(channels) [code], not 1/sqrt(part width). The residual and the BN are [code].
 
     Args:
-        channels: C of the level (256).
+        channels: C of the level (the pyramid width).
         parts: N; ignored (N = 1) when ``normalizer="softmax"`` (the paper's MoS ablation).
         normalizer: "mos" | "softmax".
         pool_kv: X' = AvgPool(3, stride 2, pad 1)(X), keys and values at half resolution [code];
@@ -34,9 +36,18 @@ class SelfTransformer(nn.Module):
         x (Tensor): (B, C, H, W) -> (B, C, H, W). Odd H and W work.
     """
 
+    @staticmethod
+    def config_args(section: Mapping[str, Any], attention: Mapping[str, Any]) -> dict[str, Any]:
+        """Constructor keywords from the config sections ``st`` and ``attention``.
+
+        The ``st`` keys are the constructor's keyword names, so a new key is declared in
+        fptbench.config and taken here, nowhere else.
+        """
+        return dict(section, attention_impl=attention["impl"], block_size=attention["block_size"])
+
     def __init__(
         self,
-        channels: int = 256,
+        channels: int,
         *,
         parts: int = 2,
         normalizer: str = "mos",

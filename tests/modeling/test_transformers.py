@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from fptbench.config import load_config
+from fptbench.modeling.backbone import OUT_CHANNELS
 from fptbench.modeling.fpt import FeaturePyramidTransformer
 from fptbench.modeling.grounding_transformer import GroundingTransformer
 from fptbench.modeling.rendering_transformer import RenderingTransformer
@@ -146,7 +147,7 @@ def test_fpt_modules_per_pair():
 def test_fpt_concatenation_order():
     # [code]: ST, RT from each finer level, GT from each coarser level, then X. Make P3's fusion
     # conv an identity on one block at a time and check which transformer comes out.
-    fpt = randomize(FeaturePyramidTransformer(C, norm="none", gt_channels=16))
+    fpt = randomize(FeaturePyramidTransformer(C, norm="none", gt_args=dict(inner_channels=16)))
     feats = maps((1, C, 16, 20), (1, C, 8, 10), (1, C, 4, 5), (1, C, 2, 3))
     expected = [
         fpt.st["p3"](feats[1]),
@@ -166,7 +167,7 @@ def test_fpt_concatenation_order():
 def test_identity_fusion_starts_as_the_input_pyramid():
     # fuse_init="identity" [ours]: with norm "none" the untrained neck returns BFP's maps exactly,
     # while every transformer still gets gradients through the fusion conv after one step.
-    fpt = FeaturePyramidTransformer(C, norm="none", fuse_init="identity", gt_channels=16).eval()
+    fpt = FeaturePyramidTransformer(C, norm="none", fuse_init="identity", gt_args=dict(inner_channels=16)).eval()
     feats = [t.float() for t in maps((1, C, 16, 20), (1, C, 8, 10), (1, C, 4, 5), (1, C, 2, 3))]
     assert all(torch.equal(a, b) for a, b in zip(fpt(feats), feats))
     fpt.train()
@@ -178,7 +179,7 @@ def test_identity_fusion_starts_as_the_input_pyramid():
 
 def test_fpt_trains_on_odd_sizes_with_every_pair():
     torch.manual_seed(0)
-    fpt = FeaturePyramidTransformer(C, gt_channels=16, norm="gn").train()
+    fpt = FeaturePyramidTransformer(C, gt_args=dict(inner_channels=16), norm="gn").train()
     feats = [torch.randn(2, C, h, w) for h, w in [(25, 33), (13, 17), (7, 9), (4, 5)]]
     outs = fpt(feats)
     assert [o.shape for o in outs] == [f.shape for f in feats]
@@ -204,7 +205,7 @@ def test_from_config_passes_every_switch():
             ("attention.block_size", "32"),
         ],
     )
-    fpt = FeaturePyramidTransformer.from_config(cfg)
+    fpt = FeaturePyramidTransformer.from_config(cfg, OUT_CHANNELS)
     st, gt, rt = fpt.st["p2"], fpt.gt["p2_from_p3"], fpt.rt["p3_from_p2"]
     assert len(fpt.gt) == 3 and isinstance(fpt.fuse["p2"][1], torch.nn.BatchNorm2d)
     assert st.pool_kv and st.key is None and st.mixture.parts == 1
