@@ -24,9 +24,9 @@ class YAMLFileError(UsageError):
     the parser's one-line complaint, so that a caller can word the message its own way.
     """
 
-    def __init__(self, shown: str, line: int | None, column: int | None, problem: str):
+    def __init__(self, shown: str, line: int | None, column: int | None, problem: str, label: str = "YAML error"):
         self.shown, self.line, self.column, self.problem = shown, line, column, problem
-        super().__init__(f"{self.at}: YAML error: {problem}")
+        super().__init__(f"{self.at}: {label}: {problem}")
 
     @property
     def at(self) -> str:
@@ -51,14 +51,14 @@ def _construct_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bo
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _error(err: yaml.YAMLError, shown: str) -> YAMLFileError:
+def _error(err: yaml.YAMLError, shown: str, label: str = "YAML error") -> YAMLFileError:
     if isinstance(err, yaml.MarkedYAMLError):
         mark = err.problem_mark or err.context_mark
         problem = " ".join(str(err.problem or err.context or "invalid YAML").split())
         if mark is not None:
-            return YAMLFileError(shown, mark.line + 1, mark.column + 1, problem)
-        return YAMLFileError(shown, None, None, problem)
-    return YAMLFileError(shown, None, None, " ".join(str(err).split()))
+            return YAMLFileError(shown, mark.line + 1, mark.column + 1, problem, label)
+        return YAMLFileError(shown, None, None, problem, label)
+    return YAMLFileError(shown, None, None, " ".join(str(err).split()), label)
 
 
 def read_text(path: Path, shown: str | None = None) -> str:
@@ -73,19 +73,30 @@ def read_text(path: Path, shown: str | None = None) -> str:
         raise UsageError(f"{shown or path}: cannot read: {reason}") from None
 
 
-def load_yaml(path: str | Path, shown: str | None = None) -> Any:
+def load_yaml(path: str | Path, shown: str | None = None, *, missing: str | None = None,
+              label: str = "YAML error") -> Any:
     """The document in ``path`` as plain Python values (None for an empty file).
 
+    Args:
+        shown: the file's name in messages (default: the path).
+        missing: with it, a missing file is ``UsageError("SHOWN: MISSING")``.
+        label: what a bad document is called: ``SHOWN:LINE: LABEL: PROBLEM``.
+
     Raises:
-        FileNotFoundError: there is no such file.
+        FileNotFoundError: there is no such file (without ``missing``).
         UsageError: the file cannot be read; :class:`YAMLFileError` for bad YAML or a duplicate key.
     """
     shown = shown or str(path)
-    text = read_text(Path(path), shown)
+    try:
+        text = read_text(Path(path), shown)
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        raise UsageError(f"{shown}: {missing}") from None
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
-        raise _error(err, shown) from None
+        raise _error(err, shown, label) from None
 
 
 def compose_yaml(text: str, shown: str) -> tuple[UniqueKeyLoader, yaml.Node | None]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from fptbench.errors import UsageError
 from fptbench.paths import REPO_ROOT, find_named
-from fptbench.yamlio import YAMLFileError, load_yaml
+from fptbench.yamlio import load_yaml
 
 __all__ = ["ClusterProfile", "load_cluster_profile", "find_cluster_profile"]
 
@@ -120,13 +120,8 @@ def _check(path: Path, key: str, value: Any) -> Any:
 def load_cluster_profile(name_or_path: str) -> ClusterProfile:
     """Read and check a profile; every key is optional, an unknown key is an error."""
     path = find_cluster_profile(name_or_path)
-    try:
-        data = load_yaml(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: cluster profile not found (profiles live in slurm/; see slurm/example.yaml)") from None
-    except YAMLFileError as err:
-        raise UsageError(f"{err.at}: malformed YAML: {err.problem}") from None
-    data = data or {}
+    data = load_yaml(path, missing="cluster profile not found (profiles live in slurm/; see slurm/example.yaml)",
+                     label="malformed YAML") or {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping of profile keys, got {type(data).__name__}")
     values = {}

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from fptbench.errors import UsageError
 from fptbench.paths import REPO_ROOT
-from fptbench.yamlio import YAMLFileError, load_yaml
+from fptbench.yamlio import load_yaml
 
 __all__ = ["DEFAULT_REFERENCE", "Reference", "load_reference"]
 
@@ -104,13 +104,7 @@ def load_reference(path: str | Path | None = None) -> Reference:
             return Reference()
         path = DEFAULT_REFERENCE
     path = Path(path)
-    try:
-        data = load_yaml(path)
-    except FileNotFoundError:
-        raise UsageError(f"{path}: reference file not found") from None
-    except YAMLFileError as err:
-        raise UsageError(f"{err.at}: not valid YAML: {err.problem}") from None
-    data = _mapping(data, str(path))
+    data = _mapping(load_yaml(path, missing="reference file not found", label="not valid YAML"), str(path))
     unknown = set(data) - _TOP_KEYS
     if unknown:
         raise UsageError(f"{path}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(sorted(_TOP_KEYS))}")
