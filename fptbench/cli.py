@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fptbench import __version__
-from fptbench.config import ConfigError, config_hash, dump_config, load_config
+from fptbench.config import MIN_SIDE, ProfileRequest, config_hash, dump_config, load_config
 from fptbench.errors import UsageError
 
-MIN_SIDE = 32
-"""Smallest image side ``forward`` accepts, pixels: the trunk's output stride."""
+PROFILE = ProfileRequest()  # fptbench profile's defaults
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,11 +81,11 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
     import torch
 
-    from fptbench.modeling import build_model
+    from fptbench.engine import load_model
 
     torch.manual_seed(cfg["seed"])
     start = time.perf_counter()
-    model = build_model(cfg).eval()
+    model = load_model(cfg).eval()
     build_s = time.perf_counter() - start
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(cfg["seed"]))
 
@@ -189,14 +188,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold: expected a score in [0, 1], got {args.threshold}")
     cfg = _run_config(args)
-    from fptbench.checkpoint import load_detection_weights
     from fptbench.data import build_dataset
-    from fptbench.engine.trainer import set_train_sizes
-    from fptbench.modeling import build_model
+    from fptbench.engine.model import load_model, set_train_sizes
     from fptbench.visualize import infer_images
 
-    model = build_model(cfg)
-    print(f"[fptbench] {load_detection_weights(model, args.ckpt).summary()}")
+    model = load_model(cfg, args.ckpt, log=lambda line: print(f"[fptbench] {line}"))
     set_train_sizes(model, cfg, training=False)
     # Class names come from the categories of the config's test split (COCO's, or the synthetic set's).
     names = build_dataset(cfg, "test").categories
@@ -212,22 +208,24 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def _profile_args(parser: argparse.ArgumentParser) -> None:
     _add_config_args(parser)
-    parser.add_argument("--size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"),
-                        help="input image height and width, pixels (default: 800 1333); the transform "
-                             "is set not to resize it")
+    parser.add_argument("--size", nargs=2, type=int, default=list(PROFILE.size), metavar=("H", "W"),
+                        help=f"input image height and width, pixels (default: {PROFILE.size[0]} {PROFILE.size[1]}); "
+                             f"the transform is set not to resize it")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where to run (default: cpu)")
-    parser.add_argument("--runs", type=int, default=10, metavar="N", help="timed runs after warm-up (default: 10)")
-    parser.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed warm-up runs (default: 2)")
+    parser.add_argument("--runs", type=int, default=PROFILE.runs, metavar="N",
+                        help=f"timed runs after warm-up (default: {PROFILE.runs})")
+    parser.add_argument("--warmup", type=int, default=PROFILE.warmup, metavar="N",
+                        help=f"untimed warm-up runs (default: {PROFILE.warmup})")
     parser.add_argument("--json", metavar="PATH", help="also write the profile as JSON to PATH")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
     """Parameters, MACs/FLOPs (fvcore + attention handles) by part, latency and peak memory."""
-    height, width = args.size
-    if height < MIN_SIDE or width < MIN_SIDE:
-        raise UsageError(f"--size H W: each side must be at least {MIN_SIDE} pixels, got {height} {width}")
-    if args.runs < 1 or args.warmup < 0:
-        raise UsageError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
+    for flag, name in (("--size H W", "size"), ("--runs", "runs"), ("--warmup", "warmup")):
+        problem = ProfileRequest.problem(name, getattr(args, name))
+        if problem:
+            raise UsageError(f"{flag}: {problem}")
+    request = ProfileRequest(size=tuple(args.size), runs=args.runs, warmup=args.warmup)
     if args.device == "cuda":
         import torch
 
@@ -236,8 +234,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_config(args.name, [tuple(pair) for pair in args.overrides])
     from fptbench.engine.profile import format_profile, profile_model
 
-    result = profile_model(cfg, size=(height, width), device=args.device, runs=args.runs,
-                           warmup=args.warmup, progress=True)
+    result = profile_model(cfg, size=request.size, device=args.device, runs=request.runs,
+                           warmup=request.warmup, progress=True)
     print(format_profile(result))
     if args.json:
         from fptbench.fileio import write_json_atomic
@@ -481,7 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as err:  # training diverged: not a usage error, but still one line
         print(f"fptbench: error: {err}", file=sys.stderr)
         return 1
-    except (UsageError, ConfigError) as err:
+    except UsageError as err:  # ConfigError and MatrixError included
         lines = [line for line in str(err).splitlines() if line.strip()]
         # An error raised in a DataLoader worker comes back with the worker's traceback first.
         message = lines[-1] if len(lines) > 1 and "Traceback" in str(err) else " ".join(lines)

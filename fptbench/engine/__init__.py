@@ -1,6 +1,12 @@
-"""The engine: training (DDP, exact resume), evaluation and their building blocks."""
+"""The engine: training (DDP, exact resume), evaluation, profiling and their building blocks.
+
+The one way to turn a config and weights into a model is :func:`load_model`; the CLI, the
+evaluator, the profiler and the launcher's cells call it (or the functions here that do).
+"""
 
 from .evaluate import evaluate_checkpoint, evaluate_model
+from .model import load_model
+from .profile import profile_checkpoint, profile_model
 from .trainer import train
 
-__all__ = ["train", "evaluate_model", "evaluate_checkpoint"]
+__all__ = ["train", "evaluate_model", "evaluate_checkpoint", "load_model", "profile_model", "profile_checkpoint"]

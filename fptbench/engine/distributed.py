@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed"]
+__all__ = ["DistInfo", "close_distributed", "cuda_available", "init_distributed"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,14 @@ def init_distributed() -> DistInfo:
     dist.init_process_group(backend=backend, init_method="env://")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, backend)
 
+
+
+def close_distributed() -> None:
+    """Destroy the default process group if this process set one up (a no-op otherwise)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def cuda_available() -> bool:
+    """Whether this process sees a CUDA device (what the launcher asks before requesting GPUs)."""
+    return torch.cuda.is_available()

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 
 from fptbench.engine.distributed import DistInfo, init_distributed
+from fptbench.engine.model import load_model, set_train_sizes, weights_digest
+from fptbench.records import RESULT_FILE
 
 __all__ = ["RESULT_FILE", "evaluate_model", "evaluate_checkpoint"]
-
-from fptbench.records import RESULT_FILE
 
 
 def evaluate_model(
@@ -31,9 +31,9 @@ def evaluate_model(
     or, for a bare checkpoint, what is known of it.
     """
     from fptbench.data import build_dataset
-    from fptbench.engine.trainer import set_train_sizes
     from fptbench.evaluation import inference
-    from fptbench.records import make_record, write_json_atomic
+    from fptbench.fileio import write_json_atomic
+    from fptbench.records import make_record
 
     info = info or init_distributed()
     dataset = build_dataset(cfg, "test")
@@ -58,17 +58,11 @@ def evaluate_model(
 
 def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
     """Build the model of ``cfg``, load ``ckpt`` (ours or a torchvision detection file), evaluate."""
-    from fptbench.checkpoint import load_detection_weights
     from fptbench.engine.checkpoint import load_checkpoint
-    from fptbench.engine.trainer import weights_digest
     from fptbench.errors import UsageError
-    from fptbench.modeling import build_model
 
     info = init_distributed()
-    model = build_model(cfg)
-    report = load_detection_weights(model, ckpt)
-    if info.rank == 0:
-        print(f"[fptbench] {report.summary()}")
+    model = load_model(cfg, ckpt, log=_print if info.rank == 0 else None)
     training: dict[str, Any] = {"checkpoint": str(ckpt), "weights_sha256": weights_digest(model)}
     try:
         state = load_checkpoint(ckpt)
@@ -78,3 +72,7 @@ def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, 
         pass
     model.to(info.device)
     return evaluate_model(cfg, model, output_dir, info=info, training=training, progress=progress)
+
+
+def _print(message: str) -> None:
+    print(f"[fptbench] {message}")

@@ -33,9 +33,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fptbench.config import ProfileRequest
 from fptbench.errors import UsageError
 
-__all__ = ["PARTS", "TOP_PARTS", "profile_model", "format_profile", "count_parameters"]
+__all__ = ["PARTS", "TOP_PARTS", "profile_model", "profile_checkpoint", "format_profile", "count_parameters"]
+
+_REQUEST = ProfileRequest()  # the defaults of profile_model and profile_checkpoint
 
 # part -> module-name prefixes in a build_model detector (a part absent from a model counts 0)
 PARTS: dict[str, tuple[str, ...]] = {
@@ -199,12 +202,7 @@ def _log(progress: bool, message: str) -> None:
 
 
 def _check_args(size: tuple[int, int], device: str, runs: int, warmup: int) -> torch.device:
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-        raise UsageError(f"size: expected (H, W), two positive ints, got {size!r}")
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise UsageError(f"runs: expected an int >= 1, got {runs!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise UsageError(f"warmup: expected an int >= 0, got {warmup!r}")
+    ProfileRequest(size=size, runs=runs, warmup=warmup)  # raises ConfigError (a UsageError)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
@@ -220,15 +218,17 @@ def _part_counts(by_module: dict[str, float], named_prefixes: tuple[str, ...]) -
     return int(round(sum(by_module.get(p, 0) for p in named_prefixes)))
 
 
-def profile_model(cfg: dict, *, size: tuple[int, int] = (800, 1333), device: str = "cpu", runs: int = 10,
-                  warmup: int = 2, model: nn.Module | None = None, progress: bool = False) -> dict:
+def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: str = "cpu", runs: int = _REQUEST.runs,
+                  warmup: int = _REQUEST.warmup, model: nn.Module | None = None, progress: bool = False) -> dict:
     """Parameters, MACs/FLOPs by part, latency and peak memory of a detector at batch 1.
 
     Args:
         cfg (dict): resolved config (``fptbench.config.load_config``); the model is built from it
-            (``build_model``, seeded with ``cfg["seed"]``) unless ``model`` is given.
-        size: (H, W) of the random input image, pixels; the transform is set not to resize it
-            (torchvision still pads the batch to a multiple of 32: ``padded_size``).
+            (:func:`~fptbench.engine.model.load_model`, seeded with ``cfg["seed"]``) unless ``model``
+            is given.
+        size: (H, W) of the random input image, pixels, each side >= ``fptbench.config.MIN_SIDE``;
+            the transform is set not to resize it (torchvision still pads the batch to a multiple
+            of 32: ``padded_size``). Defaults: :class:`fptbench.config.ProfileRequest`.
         device: "cpu" or "cuda[:N]".
         runs: timed runs (>= 1), after ``warmup`` untimed ones, for the model and for the neck.
         model: a torchvision GeneralizedRCNN from ``build_model(cfg)``; moved to ``device``, then
@@ -241,7 +241,7 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = (800, 1333), device: str
         trunk features C2..C5).
     """
     from fptbench.engine.flops import FlopAnalysis
-    from fptbench.modeling import build_model
+    from fptbench.engine.model import load_model
     from fptbench.records import device_info
 
     dev = _check_args(tuple(size), device, runs, warmup)
@@ -250,7 +250,7 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = (800, 1333), device: str
         _log(progress, "building the model")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg["seed"])
-            model = build_model(cfg)
+            model = load_model(cfg)
     first = next(model.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(cfg["seed"])).to(dev)
@@ -334,6 +334,22 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = (800, 1333), device: str
         "counter": "fvcore FlopCountAnalysis (jit trace) + fptbench.engine.flops attention handles; "
                    "macs = multiply-adds, flops = 2 x macs",
     }
+
+
+def profile_checkpoint(cfg: dict, ckpt: str | None, *, size: tuple[int, int] = _REQUEST.size,
+                       runs: int = _REQUEST.runs, warmup: int = _REQUEST.warmup, device: str | None = None,
+                       progress: bool = False) -> dict:
+    """:func:`profile_model` of the model of ``cfg`` with the weights of ``ckpt`` (an fptbench
+    checkpoint or a torchvision detection file; None: as built). Trained weights matter: the
+    number of detections, hence the mask head's cost, depends on them. ``device`` None: CUDA if
+    available, else the CPU."""
+    from fptbench.engine.model import load_model
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(cfg, ckpt)
+    return profile_model(cfg, size=tuple(size), device=device, runs=runs, warmup=warmup, model=model,
+                         progress=progress)
 
 
 def _g(macs: int) -> str:

@@ -16,8 +16,9 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,11 +26,13 @@ from torch.utils.data import DataLoader
 
 from fptbench.engine.checkpoint import find_last, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from fptbench.engine.distributed import DistInfo, init_distributed
-from fptbench.errors import UsageError
+from fptbench.engine.evaluate import evaluate_model
+from fptbench.engine.model import load_model, set_train_sizes, weights_digest
 from fptbench.engine.sampler import TrainBatchSampler
 from fptbench.engine.schedule import build_lr_scheduler
+from fptbench.errors import UsageError
 
-__all__ = ["train", "effective_config", "seed_everything", "collate", "weights_digest"]
+__all__ = ["train", "effective_config", "seed_everything", "collate"]
 
 DEBUG_MAX_ITER = 20
 
@@ -84,45 +87,6 @@ def _all_finite(value: float, info: DistInfo) -> bool:
     return all(math.isfinite(v) for v in _gather(value, info))
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """sha256 of every parameter and buffer, in state_dict order: equal iff bitwise equal weights."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def set_train_sizes(model: torch.nn.Module, cfg: dict, *, training: bool) -> None:
-    """Multi-scale training (one short side drawn per image by torchvision's transform) or the
-    fixed test scale, on the model's GeneralizedRCNNTransform."""
-    transform = model.transform
-    if training:
-        transform.min_size = tuple(cfg["train"]["min_sizes"] or [cfg["model"]["min_size"]])
-        transform.max_size = cfg["train"]["max_size"] or cfg["model"]["max_size"]
-    else:
-        transform.min_size = (cfg["model"]["min_size"],)
-        transform.max_size = cfg["model"]["max_size"]
-
-
-def load_initial_weights(model: torch.nn.Module, cfg: dict, *, load_ckpt: str | None, load_detectron: str | None, log) -> None:
-    """Pretrained weights from local files, in order: ImageNet trunk, detection checkpoint,
-    --load-detectron, --load-ckpt (each later one overrides what it covers)."""
-    from fptbench.checkpoint import load_backbone_weights, load_detection_weights, load_detectron_weights
-
-    steps = [
-        (cfg["model"]["backbone_weights"], load_backbone_weights),
-        (cfg["model"]["weights"], load_detection_weights),
-        (load_detectron, load_detectron_weights),
-        (load_ckpt, load_detection_weights),
-    ]
-    for path, loader in steps:
-        if path:
-            log(loader(model, path).summary())
-
-
 def train(
     cfg: dict,
     output_dir: str | os.PathLike,
@@ -140,72 +104,142 @@ def train(
         dict: the run record (``fptbench.records``) when ``train.eval_at_end``, else a summary
         with ``iterations`` and ``wall_time_s``.
     """
+    cfg = effective_config(cfg)
+    info = init_distributed()
+    output_dir = Path(output_dir)
+    log = _logger(info)
+
+    model = _seeded_model(cfg, info, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
+    state = _TrainState.create(model, cfg, info)
+    if resume:
+        _resume(state, output_dir, cfg, info, log)
+    ddp_model = _wrap_ddp(model, info)
+    loader = _train_loader(cfg, info, state.start_iter, log)
+    writer = _tensorboard(output_dir, state.start_iter) if info.rank == 0 and save else None
+    set_train_sizes(model, cfg, training=True)
+    ddp_model.train()
+    t_start, loss_value = _loop(state, ddp_model, loader, writer, cfg, info, output_dir,
+                                autocast=_autocast(cfg, info.device, state.scaler is not None), save=save,
+                                progress=progress)
+    _share_buffers(model, info)
+    wall = time.perf_counter() - t_start
+    if writer is not None:
+        writer.close()
+    max_iter = cfg["train"]["max_iter"]
+    log(
+        f"trained iterations {state.start_iter}..{max_iter} in {wall:.1f} s "
+        f"({wall / max(1, max_iter - state.start_iter):.3f} s/it), final loss {loss_value:.4f}, "
+        f"on {info.world_size} x {info.device.type}"
+    )
+    summary = {
+        "iterations": max_iter,
+        "wall_time_s": state.time_before + wall,
+        "final_loss": loss_value,
+        "weights_sha256": weights_digest(model),
+        "rank": info.rank,
+        "world_size": info.world_size,
+    }
+    if not cfg["train"]["eval_at_end"]:
+        return summary
+    return evaluate_model(cfg, model, output_dir, info=info, training=summary, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps of train(), in order
+
+def _logger(info: DistInfo) -> Callable[[str], None]:
+    """Rank 0 writes ``[fptbench] ...`` lines above the progress bar; other ranks are silent."""
     from tqdm import tqdm
 
-    from fptbench.data import build_dataset
-    from fptbench.modeling import build_model
+    return (lambda msg: tqdm.write(f"[fptbench] {msg}")) if info.rank == 0 else (lambda msg: None)
 
-    cfg = effective_config(cfg)
-    tcfg = cfg["train"]
-    info = init_distributed()
-    main = info.rank == 0
-    device = info.device
-    output_dir = Path(output_dir)
-    log = (lambda msg: tqdm.write(f"[fptbench] {msg}")) if main else (lambda msg: None)
 
+def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None, load_detectron: str | None,
+                  log: Callable[[str], None]) -> torch.nn.Module:
+    """Seeding and weights: the model of ``cfg`` with its initial weights, on the device."""
     seed_everything(cfg["seed"])
-    model = build_model(cfg)
-    load_initial_weights(model, cfg, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
-    model.to(device)
+    model = load_model(cfg, load_ckpt, pretrained=True, detectron=load_detectron, log=log)
+    model.to(info.device)
     if info.world_size > 1:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), then one random stream
         # per rank (RoI sampling, multi-scale draws, attention dropout), as detectron2 seeds
         # seed + rank. A single process keeps its stream: its results stay those benchmarked.
         seed_everything(cfg["seed"] + info.rank)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=tcfg["base_lr"], momentum=tcfg["momentum"], weight_decay=tcfg["weight_decay"])
-    scheduler = build_lr_scheduler(optimizer, tcfg)
-    use_amp = device.type == "cuda" and tcfg["amp"]
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    return model
 
-    start_iter = 0
-    time_before = 0.0  # training seconds spent before a resume
-    last = find_last(output_dir) if resume else None
-    stream = _stream_signature(cfg, info)
-    if last is not None:
-        state = load_checkpoint(last)
-        saved = state["extra"].get("stream")
-        if saved is not None and saved != stream:
-            raise UsageError(
-                f"{last}: cannot resume exactly: the checkpoint's data stream {saved} differs from this run's {stream}"
-            )
-        if state["iteration"] > tcfg["max_iter"]:
-            raise UsageError(f"{last}: the checkpoint is at iteration {state['iteration']}, past train.max_iter={tcfg['max_iter']}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
-        start_iter = state["iteration"]
-        time_before = state["extra"].get("train_time_s", 0.0)
-        log(f"resumed from {last} at iteration {start_iter}")
-    elif resume:
+
+@dataclass
+class _TrainState:
+    """Everything a checkpoint holds besides the RNGs, and where the run starts from."""
+
+    model: torch.nn.Module
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any  # torch.amp.GradScaler with fp16 AMP on CUDA, else None
+    stream: list  # _stream_signature: resuming with another would not replay the run
+    start_iter: int = 0
+    time_before: float = 0.0  # training seconds spent before a resume
+
+    @classmethod
+    def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo) -> "_TrainState":
+        """SGD on the trainable parameters, the warm-up + steps schedule, AMP's grad scaler."""
+        tcfg = cfg["train"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(params, lr=tcfg["base_lr"], momentum=tcfg["momentum"],
+                                    weight_decay=tcfg["weight_decay"])
+        scheduler = build_lr_scheduler(optimizer, tcfg)
+        use_amp = info.device.type == "cuda" and tcfg["amp"]
+        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        return cls(model, params, optimizer, scheduler, scaler, _stream_signature(cfg, info))
+
+
+def _resume(state: _TrainState, output_dir: Path, cfg: dict, info: DistInfo, log: Callable[[str], None]) -> None:
+    """Resume: restore the last checkpoint of ``output_dir`` (if any) into ``state``, exactly."""
+    last = find_last(output_dir)
+    if last is None:
         log(f"no checkpoint in {output_dir / 'checkpoints'}: starting from iteration 0")
-
-    ddp_model = model
-    if info.world_size > 1:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.local_rank] if device.type == "cuda" else None
+        return
+    saved = load_checkpoint(last)
+    stream = saved["extra"].get("stream")
+    if stream is not None and stream != state.stream:
+        raise UsageError(
+            f"{last}: cannot resume exactly: the checkpoint's data stream {stream} differs from this run's {state.stream}"
         )
+    max_iter = cfg["train"]["max_iter"]
+    if saved["iteration"] > max_iter:
+        raise UsageError(f"{last}: the checkpoint is at iteration {saved['iteration']}, past train.max_iter={max_iter}")
+    state.model.load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    if state.scaler is not None and saved.get("scaler"):
+        state.scaler.load_state_dict(saved["scaler"])
+    rng = saved["rng"]
+    set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
+    state.start_iter = saved["iteration"]
+    state.time_before = saved["extra"].get("train_time_s", 0.0)
+    log(f"resumed from {last} at iteration {state.start_iter}")
+
+
+def _wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
+    """DDP wrap under several processes; the model itself otherwise."""
+    if info.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+    )
+
+
+def _train_loader(cfg: dict, info: DistInfo, start_iter: int, log: Callable[[str], None]) -> DataLoader:
+    """The loader of ``data.train``, its stream a function of the iteration (TrainBatchSampler)."""
+    from fptbench.data import build_dataset
 
     dataset = build_dataset(cfg, "train")
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(dataset.skipped.items())) or "nothing"
     log(f"training on {cfg['data']['train']}: {len(dataset)} images; skipped {skipped}")
     sampler = TrainBatchSampler(
         len(dataset),
-        images_per_device=tcfg["images_per_device"],
+        images_per_device=cfg["train"]["images_per_device"],
         seed=cfg["seed"],
         rank=info.rank,
         world_size=info.world_size,
@@ -214,7 +248,7 @@ def train(
     )
     # Its own generator: creating the loader must not draw from the global RNG, which the
     # checkpoint restores (a resumed loader would otherwise shift every later random draw).
-    loader = DataLoader(
+    return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
@@ -222,105 +256,119 @@ def train(
         generator=torch.Generator().manual_seed(cfg["seed"]),
     )
 
-    writer = None
-    if main and save:
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iter)
+def _tensorboard(output_dir: Path, start_iter: int):
+    from torch.utils.tensorboard import SummaryWriter
 
-    max_iter = tcfg["max_iter"]
-    set_train_sizes(model, cfg, training=True)
-    ddp_model.train()
+    return SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iter)
+
+
+def _autocast(cfg: dict, device: torch.device, use_amp: bool):
+    """AMP: bf16 autocast on the CPU with train.cpu_bf16, fp16 on CUDA with train.amp, else none."""
     if cfg["train"]["cpu_bf16"] and device.type == "cpu":
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
-    elif use_amp:
-        autocast = torch.autocast("cuda", dtype=torch.float16)
-    else:
-        autocast = nullcontext()
-    bar = tqdm(total=max_iter, initial=start_iter, desc="train", disable=not (main and progress), dynamic_ncols=True)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if use_amp:
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def _loop(state: _TrainState, ddp_model: torch.nn.Module, loader: DataLoader, writer, cfg: dict, info: DistInfo,
+          output_dir: Path, *, autocast, save: bool, progress: bool) -> tuple[float, float]:
+    """The loop: iterations ``start_iter..max_iter``, logging and checkpointing on their periods.
+    Returns (``time.perf_counter()`` when the loop started, the last loss)."""
+    from tqdm import tqdm
+
+    tcfg = cfg["train"]
+    max_iter = tcfg["max_iter"]
+    bar = tqdm(total=max_iter, initial=state.start_iter, desc="train",
+               disable=not (info.rank == 0 and progress), dynamic_ncols=True)
     t_start = time.perf_counter()
     data_iter = iter(loader)
     loss_value = float("nan")
-    for iteration in range(start_iter, max_iter):
+    for iteration in range(state.start_iter, max_iter):
         t0 = time.perf_counter()
         images, targets = next(data_iter)
-        images = [img.to(device, non_blocking=True) for img in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        images = [img.to(info.device, non_blocking=True) for img in images]
+        targets = [{k: (v.to(info.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         data_time = time.perf_counter() - t0
-        with autocast:
-            loss_dict = ddp_model(images, targets)
-        loss = sum(loss_dict.values())
-        loss_value = float(loss.detach())
-        if not _all_finite(loss_value, info):
-            raise FloatingPointError(
-                f"loss is {loss_value} at iteration {iteration}: "
-                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
-            )
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if tcfg["clip_grad_norm"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, tcfg["clip_grad_norm"])
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        loss_dict, loss_value, lr = _step(state, ddp_model, images, targets, iteration, tcfg, info, autocast)
         done = iteration + 1
         if writer is not None and (done % tcfg["log_period"] == 0 or done == max_iter):
-            for k, v in loss_dict.items():
-                writer.add_scalar(f"loss/{k}", float(v.detach()), done)
-            writer.add_scalar("loss/total", loss_value, done)
-            writer.add_scalar("lr", lr, done)
-            writer.add_scalar("time/iteration_s", time.perf_counter() - t0, done)
-            writer.add_scalar("time/data_s", data_time, done)
-            writer.add_scalar("memory_mb", _memory_mb(device), done)
+            _log_scalars(writer, done, loss_dict, loss_value, lr, time.perf_counter() - t0, data_time, info.device)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
         if save and (done % tcfg["checkpoint_period"] == 0 or done == max_iter):
-            rng = _gather(rng_state(), info)
-            failure = ""
-            if main:
-                try:
-                    save_checkpoint(
-                        output_dir, iteration=done, model=model, optimizer=optimizer, scheduler=scheduler,
-                        scaler=scaler, rng=rng,
-                        extra={"train_time_s": time_before + time.perf_counter() - t_start, "stream": stream},
-                    )
-                except OSError as err:
-                    failure = f"{output_dir}: cannot write the checkpoint of iteration {done}: {err}"
-            failure = _gather(failure, info)[0]  # every rank learns whether rank 0 could save
-            if failure:
-                raise UsageError(failure)
+            _checkpoint(state, output_dir, done, t_start, info)
     bar.close()
+    return t_start, loss_value
+
+
+def _step(state: _TrainState, ddp_model: torch.nn.Module, images: list, targets: list, iteration: int,
+          tcfg: dict, info: DistInfo, autocast) -> tuple[dict, float, float]:
+    """One optimizer step. Returns (the loss terms, the total loss, the learning rate it used)."""
+    with autocast:
+        loss_dict = ddp_model(images, targets)
+    loss = sum(loss_dict.values())
+    loss_value = float(loss.detach())
+    if not _all_finite(loss_value, info):
+        raise FloatingPointError(
+            f"loss is {loss_value} at iteration {iteration}: "
+            + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
+        )
+    optimizer, scaler = state.optimizer, state.scaler
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if tcfg["clip_grad_norm"] > 0:
+        torch.nn.utils.clip_grad_norm_(state.params, tcfg["clip_grad_norm"])
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    lr = optimizer.param_groups[0]["lr"]
+    state.scheduler.step()
+    return loss_dict, loss_value, lr
+
+
+def _log_scalars(writer, done: int, loss_dict: dict, loss_value: float, lr: float, iteration_s: float,
+                 data_s: float, device: torch.device) -> None:
+    """Logging: losses, learning rate, times and memory to TensorBoard at iteration ``done``."""
+    for k, v in loss_dict.items():
+        writer.add_scalar(f"loss/{k}", float(v.detach()), done)
+    writer.add_scalar("loss/total", loss_value, done)
+    writer.add_scalar("lr", lr, done)
+    writer.add_scalar("time/iteration_s", iteration_s, done)
+    writer.add_scalar("time/data_s", data_s, done)
+    writer.add_scalar("memory_mb", _memory_mb(device), done)
+
+
+def _checkpoint(state: _TrainState, output_dir: Path, done: int, t_start: float, info: DistInfo) -> None:
+    """Checkpointing: rank 0 writes every rank's RNG state with the rest; every rank learns
+    whether it could (a rank that raised alone would leave the others waiting)."""
+    rng = _gather(rng_state(), info)
+    failure = ""
+    if info.rank == 0:
+        try:
+            save_checkpoint(
+                output_dir, iteration=done, model=state.model, optimizer=state.optimizer,
+                scheduler=state.scheduler, scaler=state.scaler, rng=rng,
+                extra={"train_time_s": state.time_before + time.perf_counter() - t_start, "stream": state.stream},
+            )
+        except OSError as err:
+            failure = f"{output_dir}: cannot write the checkpoint of iteration {done}: {err}"
+    failure = _gather(failure, info)[0]  # every rank learns whether rank 0 could save
+    if failure:
+        raise UsageError(failure)
+
+
+def _share_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Before evaluation: DDP broadcasts buffers (BatchNorm statistics) from rank 0 at the start of
+    each forward, so after the last step every rank holds its own: give all ranks rank 0's, which
+    it saved, before they evaluate together."""
     if info.world_size > 1:
-        # DDP broadcasts buffers (BatchNorm statistics) from rank 0 at the start of each forward,
-        # so after the last step every rank holds its own: give all ranks rank 0's, which it
-        # saved, before they evaluate together.
         for buffer in model.buffers():
             torch.distributed.broadcast(buffer, src=0)
-    wall = time.perf_counter() - t_start
-    if writer is not None:
-        writer.close()
-    log(
-        f"trained iterations {start_iter}..{max_iter} in {wall:.1f} s "
-        f"({wall / max(1, max_iter - start_iter):.3f} s/it), final loss {loss_value:.4f}, on {info.world_size} x {device.type}"
-    )
-    summary = {
-        "iterations": max_iter,
-        "wall_time_s": time_before + wall,
-        "final_loss": loss_value,
-        "weights_sha256": weights_digest(model),
-        "rank": info.rank,
-        "world_size": info.world_size,
-    }
-    if not tcfg["eval_at_end"]:
-        return summary
-    from fptbench.engine.evaluate import evaluate_model
-
-    return evaluate_model(cfg, model, output_dir, info=info, training=summary, progress=progress)

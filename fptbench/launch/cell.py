@@ -4,7 +4,12 @@
 on preemption or at the time limit, submitit calls :meth:`CellRunner.checkpoint` and SLURM
 requeues the same job, which resumes training from the last checkpoint of the run folder, so a
 preempted cell ends with exactly the weights of an uninterrupted one (the trainer's resume is
-exact). The number of attempts is counted in the run folder and bounded.
+exact). The number of attempts is counted in the run folder (``launch.json``) and bounded by the
+cluster profile's ``max_requeues``: that count is the one that decides. (submitit also counts
+time-outs, against the same bound; time-outs are a part of the requeues, so its count never ends a
+cell first.)
+
+The cell calls only the engine (:mod:`fptbench.engine`): it knows nothing of tensors or models.
 
 The run folder (``results/<experiment>/<run id>/``) belongs to the cell alone: ``launch.json``
 (attempts), ``error.json`` (the last exception), ``checkpoints/``, ``result.json``.
@@ -39,8 +44,8 @@ class CellSpec:
     run_dir: str  # absolute path of results/<experiment>/<run id>
     workdir: str  # absolute path the sweep was started from: relative data.root resolves here
     profile: dict[str, Any]  # the matrix's {"size": [H, W], "runs", "warmup"}
-    executor: str = "local"
-    max_requeues: int = 3
+    executor: str
+    max_requeues: int  # ClusterProfile.max_requeues: requeues a cell may use before failing
 
 
 def _job_id() -> str:
@@ -102,10 +107,9 @@ class CellRunner(submitit.helpers.Checkpointable):
                 })
             raise
         finally:
-            import torch.distributed as dist
+            from fptbench.engine.distributed import close_distributed
 
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
+            close_distributed()
 
     def checkpoint(self, spec: CellSpec) -> submitit.helpers.DelayedSubmission | None:
         """Called by submitit on rank 0 at preemption or time limit: requeue unless the cell has
@@ -142,23 +146,11 @@ class CellRunner(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _profile(spec: CellSpec, run_dir: Path) -> dict[str, Any]:
-        """Profile the trained weights (the number of detections, hence the mask head's cost,
-        depends on them) at the matrix's profiling size."""
-        from fptbench.checkpoint import load_detection_weights
+        """Profile the trained weights at the matrix's profiling size, on CUDA if there is one."""
+        from fptbench.engine import profile_checkpoint
         from fptbench.engine.checkpoint import find_last
-        from fptbench.engine.profile import profile_model
-        from fptbench.modeling import build_model
 
-        model = build_model(spec.config)
         last = find_last(run_dir)
-        if last is not None:
-            load_detection_weights(model, str(last))
-        device = "cuda" if _cuda() else "cpu"
-        return profile_model(spec.config, size=tuple(spec.profile["size"]), device=device,
-                             runs=spec.profile["runs"], warmup=spec.profile["warmup"], model=model)
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+        return profile_checkpoint(spec.config, str(last) if last is not None else None,
+                                  size=tuple(spec.profile["size"]), runs=spec.profile["runs"],
+                                  warmup=spec.profile["warmup"])

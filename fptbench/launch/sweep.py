@@ -100,15 +100,17 @@ def _executor(kind: str, folder: Path, matrix: Any, cluster: ClusterProfile | No
 
     if kind == "slurm":
         assert cluster is not None
+        # submitit counts time-outs against the same bound; the cell's launch.json counts every
+        # requeue (time-outs included), so the cell's count is the one that ends a cell.
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=cluster.max_requeues)
         executor.update_parameters(name=f"fptbench-{matrix.name}", **cluster.submitit_parameters())
         return executor
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
-    import torch
+    from fptbench.engine.distributed import cuda_available
 
     executor = submitit.LocalExecutor(folder=folder)
-    gpus = matrix.world_size if torch.cuda.is_available() else 0
+    gpus = matrix.world_size if cuda_available() else 0
     executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=matrix.world_size, gpus_per_node=gpus)
     return executor
 
@@ -194,7 +196,7 @@ def run_sweep(
 
     root.mkdir(parents=True, exist_ok=True)
     folder = _submitit_folder(root)
-    max_requeues = cluster.max_requeues if cluster is not None else 3
+    max_requeues = (cluster or ClusterProfile()).max_requeues
     specs = {item.cell.run_id: _spec(matrix, item.cell, root, executor, max_requeues) for item in todo}
     runner = CellRunner()
     ex = _executor(executor, folder, matrix, cluster)

@@ -125,7 +125,7 @@ def test_two_process_ddp_on_gloo_keeps_replicas_identical(synth, tmp_path):
     assert w0 == w1 == 2
     assert d0 == d1  # bitwise-identical weights on both ranks after 3 DDP steps
     # and they are the weights rank 0 saved
-    from fptbench.engine.trainer import weights_digest
+    from fptbench.engine.model import weights_digest
     from fptbench.modeling import build_model
 
     model = build_model(cfg)

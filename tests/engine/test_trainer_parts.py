@@ -3,7 +3,8 @@
 import torch
 
 from fptbench.config import load_config
-from fptbench.engine.trainer import effective_config, set_train_sizes, weights_digest
+from fptbench.engine.model import set_train_sizes, weights_digest
+from fptbench.engine.trainer import effective_config
 from fptbench.modeling import build_model
 
 SMALL = [("model.backbone", "resnet18"), ("model.min_size", "96"), ("model.max_size", "160")]

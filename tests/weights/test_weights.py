@@ -21,8 +21,8 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
 
-from fptbench.checkpoint import LoadReport, load_backbone_weights, load_detection_weights, load_detectron_weights
-from fptbench.checkpoint.detectron import caffe2_to_torchvision
+from fptbench.weights import LoadReport, load_backbone_weights, load_detection_weights, load_detectron_weights
+from fptbench.weights.detectron import caffe2_to_torchvision
 from fptbench.config import load_config
 from fptbench.errors import UsageError
 from fptbench.modeling import build_model

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from fptbench.checkpoint.weights import (
+from fptbench.weights.load import (
     NUM_BATCHES_TRACKED,
     LoadReport,
     PathLike,

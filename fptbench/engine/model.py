@@ -1,0 +1,81 @@
+"""One way to turn a config and weights into a model, for every caller.
+
+``load_model(cfg, ckpt)`` is what the trainer, the evaluator (``fptbench eval``), ``fptbench
+infer``, the profiler and the launcher's cells use: build the detector of ``cfg``
+(:func:`fptbench.modeling.build_model`), then load weights from local files
+(:mod:`fptbench.weights`). As detectron2's ``build_model`` + ``DetectionCheckpointer.load``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Callable
+
+import torch
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+
+__all__ = ["load_model", "set_train_sizes", "weights_digest"]
+
+
+def load_model(
+    cfg: dict,
+    ckpt: str | os.PathLike | None = None,
+    *,
+    pretrained: bool = False,
+    detectron: str | os.PathLike | None = None,
+    log: Callable[[str], None] | None = None,
+) -> GeneralizedRCNN:
+    """The detector of ``cfg`` with weights from local files, on the CPU, in training mode.
+
+    Weights are loaded in this order, each later file overriding what it covers:
+
+    1. with ``pretrained``: the config's ``model.backbone_weights`` (an ImageNet trunk), then
+       ``model.weights`` (a detection checkpoint), when set: what training starts from;
+    2. ``detectron``: ResNet trunk weights from a Detectron (caffe2) ``.pkl``;
+    3. ``ckpt``: an fptbench checkpoint or a torchvision detection ``.pth``.
+
+    Args:
+        cfg (dict): a resolved config (:func:`fptbench.config.load_config`).
+        log: called with each load's one-line summary (:meth:`fptbench.weights.LoadReport.summary`).
+
+    Raises:
+        UsageError: a file is missing or does not fit the model (the model is then left as built).
+    """
+    from fptbench.modeling import build_model
+    from fptbench.weights import load_backbone_weights, load_detection_weights, load_detectron_weights
+
+    model = build_model(cfg)
+    steps = [
+        (cfg["model"]["backbone_weights"] if pretrained else None, load_backbone_weights),
+        (cfg["model"]["weights"] if pretrained else None, load_detection_weights),
+        (detectron, load_detectron_weights),
+        (ckpt, load_detection_weights),
+    ]
+    for path, loader in steps:
+        if path:
+            report = loader(model, path)
+            if log is not None:
+                log(report.summary())
+    return model
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """sha256 of every parameter and buffer, in state_dict order: equal iff bitwise equal weights."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def set_train_sizes(model: torch.nn.Module, cfg: dict, *, training: bool) -> None:
+    """Multi-scale training (one short side drawn per image by torchvision's transform) or the
+    fixed test scale, on the model's GeneralizedRCNNTransform."""
+    transform = model.transform
+    if training:
+        transform.min_size = tuple(cfg["train"]["min_sizes"] or [cfg["model"]["min_size"]])
+        transform.max_size = cfg["train"]["max_size"] or cfg["model"]["max_size"]
+    else:
+        transform.min_size = (cfg["model"]["min_size"],)
+        transform.max_size = cfg["model"]["max_size"]
