@@ -144,7 +144,8 @@ SCHEMA: dict[str, Key] = {
     "gt.window": Key(0, int, "0 = global GT; odd n >= 1 = locality-constrained GT over n x n coarse cells [paper]", min=0),
     # rt: Rendering Transformer
     "rt.variant": Key("paper", str, "paper = 3x3 conv after the GAP channel weighting [paper]; code = conv before it, 1x1 conv on the GAP vector [code]", choices=("paper", "code")),
-    # attention: how mixture attention is computed (results are equal up to rounding)
+    # attention: how mixture attention is computed (results are equal up to rounding); the impl
+    # choices mirror fptbench.ops.mos_attention.IMPLS (tests/test_config.py pins the two)
     "attention.impl": Key("auto", str, "sdpa = one fused attention call per part, blocks = query blocks with one V product, auto = pick per device and shape, naive = materialised scores (memory-quadratic baseline)", choices=("auto", "sdpa", "blocks", "naive")),
     "attention.block_size": Key(0, int, "queries per block for the blocks kernel, rows (0 = automatic)", min=0),
     # data: where images and annotations come from (fptbench.data)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from fptbench.config import (
+    BACKBONES,
     CONFIG_DIR,
     SCHEMA,
     ConfigError,
@@ -93,6 +94,24 @@ def test_every_key_is_documented_and_its_default_is_valid():
         if spec.choices is not None:
             assert spec.default in spec.choices, key
     assert check_config(default_config()) == default_config()
+
+
+def test_choice_lists_mirrored_from_the_model_are_the_models():
+    # config.py imports no torch, so it keeps copies of two lists the model code owns; a change
+    # to one side without the other must fail here, not in a run.
+    from fptbench.modeling.backbone import RESNETS
+    from fptbench.ops.mos_attention import IMPLS
+
+    assert SCHEMA["model.backbone"].choices == BACKBONES == tuple(RESNETS)
+    assert SCHEMA["attention.impl"].choices == tuple(IMPLS)
+
+
+def test_config_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, fptbench.config, fptbench.experiments; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
 def test_config_is_plain_json():
