@@ -12,9 +12,10 @@ sim is a dot product or the negative squared Euclidean distance [paper, GT].
 Two exact computations are provided; neither holds an (Lq x Lk) tensor:
 
 * ``impl="sdpa"``: one fused ``scaled_dot_product_attention`` call per mixture component (the
-  N components run as N heads of one call), weighted by pi and summed. Parts are zero-padded to
-  V's width so that the fused (flash) kernels accept them: exact, but the V product is done N
-  times. With N = 1 this is also the minimal work.
+  N components run as N heads of one call), weighted by pi and summed. Each head is made
+  contiguous and zero-padded to a multiple of 8 (exact), so a fused kernel accepts it: with the
+  modules' transposed views or a stride-0 V, SDPA silently took its math path and materialised
+  Lq x Lk (issue #10). The V product is done N times. With N = 1 this is the minimal work.
 * ``impl="blocks"``: query blocks [spec (b)]. For a block of queries compute each part's scores
   against all keys, softmax them, combine W = sum_n pi_n softmax(S_n) and multiply by V once.
   Only one block's tiles exist at a time; the backward pass recomputes each block (custom
@@ -24,10 +25,15 @@ Two exact computations are provided; neither holds an (Lq x Lk) tensor:
 ``impl="naive"`` materialises the (Lq x Lk) scores with plain autograd: the baseline that the
 benchmark compares against, never picked by ``auto``.
 
-``impl="auto"`` picks, [ours] from ``benchmarks/fpt_neck.py`` on the CPU: blocks whenever N > 1
-on the CPU (2 cores, fp32: sdpa with padding reached about half the throughput of blocks for
-ST's N = 2, a quarter for GT's N = 4); sdpa when N = 1 (one fused call is the minimal work);
-sdpa on CUDA, where fused kernels are the field's default [ours, not measured in this repo yet].
+``impl="auto"`` [ours, measured]:
+* CPU (benchmarks/fpt_neck.py, 2 cores, fp32): blocks whenever N > 1 (sdpa with padding reached
+  about half the throughput of blocks for ST's N = 2, a quarter for GT's N = 4) or when there is
+  dropout (no fused CPU kernel takes it); sdpa when N = 1 without dropout.
+* CUDA (benchmarks/gpu_check.py on an H200, reports/gpu_check/): sdpa, with q/k heads left at
+  their own width ("unpadded": the kernel takes Dv != D) except with dropout. In bf16, ST at P2 of an 800x1333 image
+  (Lq = Lk = 67.2k) ran at 381 TFLOP/s counted in minimal FLOPs forward (222 forward+backward)
+  against 131 (85) for blocks; padding q/k to V's width gave 346 (215). In fp32 sdpa and blocks
+  are within 10% of each other (26 vs 24 TFLOP/s forward+backward).
 """
 
 from __future__ import annotations
@@ -63,8 +69,9 @@ CUDA_TILE_ELEMENTS = 1 << 28
 IMPLS = ("auto", "sdpa", "blocks", "naive")
 # How ``sdpa`` lays out the N components (see ``_mos_sdpa``): "equal" pads q/k parts to V's width
 # so every fused kernel (flash included) accepts them; "unpadded" keeps q/k at their own width
-# (rounded up to a multiple of 8), which only the memory-efficient kernel takes (Dv != D), for
-# fewer multiply-adds. "auto" = "equal" [ours until measured per device: benchmarks/gpu_check.py].
+# (rounded up to a multiple of 8), for fewer multiply-adds, which only CUDA's memory-efficient and
+# cuDNN kernels take (Dv != D). "auto" = "unpadded" on CUDA without dropout (faster in every case
+# measured on an H200: module docstring), "equal" elsewhere.
 SDPA_LAYOUTS = ("auto", "equal", "unpadded")
 # Profiler labels: benchmarks/fpt_neck.py times attention inside the neck by these names.
 PROFILE_FORWARD = "fptbench::mos_attention"
@@ -253,6 +260,10 @@ def _mos_sdpa(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropo
     """
     B, N, Lq, dq = qn.shape
     Lk, Dv = v.shape[1], v.shape[2]
+    if layout == "auto":
+        # With dropout (ST in training) only "equal" was run on a GPU (gpu_check section a);
+        # "unpadded" + dropout is not measured, so auto does not pick it [ours].
+        layout = "unpadded" if qn.device.type == "cuda" and dropout_p == 0 else "equal"
     if layout == "unpadded":
         if qn.device.type == "cpu":
             raise ValueError("mos_attention: sdpa_layout 'unpadded' (Dv != D) has no fused kernel on the CPU; use 'equal' or 'auto'")

@@ -38,7 +38,10 @@ MODULES = {
 def test_cuda_paths_fused_and_linear(name, impl, train, dtype):
     torch.manual_seed(0)
     module = MODULES[name](impl).cuda().train(train)
-    H, W = 64, 96
+    # Large enough that linear tensors (LGT's key windows, 2 x 132 x 25 x Lk) and one query
+    # block of blocks on CUDA (up to 8192 rows: block_rows) stay below Lq x Lk; at 64x96 they
+    # did not (first H200 run: reports/gpu_check/pytest_gpu_first_run.txt).
+    H, W = 128, 192
     fine = torch.randn(2, C, H, W, device="cuda", requires_grad=train)
     coarse = torch.randn(2, C, H // 2, W // 2, device="cuda", requires_grad=train)
     inputs = [fine] if name.startswith("st") else [fine, coarse]
