@@ -103,6 +103,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
 SCHEMA: dict[str, Key] = {
     "seed": Key(0, int, "random seed: weight initialisation, data order, augmentation, synthetic inputs"),
     "DEBUG": Key(False, bool, "quick check as in the seed's --set DEBUG true: data.max_images = 8 unless set, train.max_iter <= 20"),
+    "device": Key("auto", str, "where training and evaluation run: auto = cuda:LOCAL_RANK when CUDA is usable, else the CPU (an error where SLURM allocated GPUs); cuda = CUDA or an error; cpu = the CPU even where a GPU is visible", choices=("auto", "cuda", "cpu")),
     # model: the torchvision detector around the pyramid
     "model.backbone": Key("resnet50", str, "trunk whose C2..C5 feed the pyramid (torchvision name, randomly initialised)", choices=BACKBONES),
     "model.head": Key("mask_rcnn", str, "torchvision detector: mask_rcnn (boxes + masks) or faster_rcnn (boxes)", choices=("mask_rcnn", "faster_rcnn")),
@@ -168,11 +169,13 @@ SCHEMA: dict[str, Key] = {
     "train.min_sizes": Key([], list, "short sides drawn from per training image, pixels ([] = model.min_size; [code]: 400..1200)", item=int, min=1),
     "train.max_size": Key(0, int, "cap on the long side in training, pixels (0 = model.max_size; [code]: 1400)", min=0),
     "train.clip_grad_norm": Key(0.0, float, "clip the global gradient norm to this (0 = no clipping)", min=0.0),
-    "train.amp": Key(True, bool, "mixed precision (fp16 autocast + grad scaling) on CUDA; ignored on the CPU"),
+    "train.amp": Key(True, bool, "mixed precision on CUDA: autocast in train.amp_dtype (fp16 adds grad scaling); ignored on the CPU"),
+    "train.amp_dtype": Key("bf16", str, "autocast dtype of train.amp [ours: bf16, no grad scaler needed]; fp16 where the GPU lacks bf16 (then a logged warning)", choices=("bf16", "fp16")),
     "train.cpu_bf16": Key(False, bool, "bf16 autocast on the CPU (off: fp32, bitwise-reproducible)"),
     "train.checkpoint_period": Key(5000, int, "write a checkpoint every N iterations (and at the end)", min=1),
     "train.log_period": Key(20, int, "log scalars to TensorBoard every N iterations", min=1),
     "train.eval_at_end": Key(True, bool, "evaluate on data.test when training ends and write result.json"),
+    "train.dist_timeout_min": Key(60.0, float, "minutes a rank waits in a collective before failing [ours]: NCCL's default 10 is shorter than rank 0's COCOeval of a full val set while the other ranks wait", min=0.01),
 }
 
 

@@ -19,7 +19,8 @@ TINY = ["--set", "model.backbone", "resnet18", "--set", "model.min_size", "64", 
 
 def fptbench(*args, check=True):
     proc = subprocess.run([sys.executable, "-m", "fptbench", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2"})
+                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "2",
+                               "CUDA_VISIBLE_DEVICES": ""})  # a clean environment, CPU only
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -47,6 +48,7 @@ def test_train_writes_checkpoints_tensorboard_and_a_record(run):
     assert record["config"]["model"]["backbone"] == "resnet18" and len(record["config_hash"]) == 12
     assert record["dataset"] == {"name": "val", "images": 3}
     assert record["versions"]["torch"] and record["device"]["type"] == "cpu"
+    assert record["training"]["autocast_dtype"] == "float32"  # the CPU trains in fp32 unless train.cpu_bf16
 
 
 def test_eval_of_the_checkpoint_reproduces_the_training_record(run):

@@ -37,7 +37,7 @@ SHIPPED = sorted(PAPER + SYNTH)
 TRUNKS = {"r50": "resnet50", "r101": "resnet101", "x101_32x8d": "resnext101_32x8d",
           "x101_64x4d": "resnext101_64x4d", "r18": "resnet18"}
 # Top-level names in schema order: scalars (seed, DEBUG) and sections.
-TOP = ["seed", "DEBUG", "model", "fpt", "st", "gt", "rt", "attention", "data", "train"]
+TOP = ["seed", "DEBUG", "device", "model", "fpt", "st", "gt", "rt", "attention", "data", "train"]
 SCALARS = [name for name in TOP if name in SCHEMA]
 
 

@@ -35,7 +35,7 @@ def evaluate_model(
     from fptbench.fileio import write_json_atomic
     from fptbench.records import make_record
 
-    info = info or init_distributed()
+    info = info or init_distributed(cfg)
     dataset = build_dataset(cfg, "test")
     set_train_sizes(model, cfg, training=False)
     metrics = inference(model, dataset, device=info.device, rank=info.rank, world_size=info.world_size, progress=progress)
@@ -61,7 +61,7 @@ def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, 
     from fptbench.engine.checkpoint import load_checkpoint
     from fptbench.errors import UsageError
 
-    info = init_distributed()
+    info = init_distributed(cfg)
     model = load_model(cfg, ckpt, log=_print if info.rank == 0 else None)
     training: dict[str, Any] = {"checkpoint": str(ckpt), "weights_sha256": weights_digest(model)}
     try:

@@ -236,7 +236,10 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: s
         progress: print what is being done to stderr.
     Returns:
         dict (JSON-able): keys of contract section 3, plus ``padded_size``, ``threads``,
-        ``device_name``, ``peak_memory_source`` and ``counter``. Latencies in ms: whole model
+        ``device_name``, ``dtype`` (what the model computed in: its parameters' dtype, no
+        autocast), ``tf32`` (``{"matmul", "cudnn"}``: torch's allow_tf32 flags while measuring:
+        on CUDA they decide whether fp32 convolutions and products use TF32), ``peak_memory_source``
+        and ``counter``. Latencies in ms: whole model
         (transform to postprocessed detections) and neck alone (``bfp`` + ``fpt`` on fixed
         trunk features C2..C5).
     """
@@ -253,6 +256,7 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: s
             model = load_model(cfg)
     first = next(model.parameters(), None)
     home = first.device if first is not None else torch.device("cpu")
+    dtype = first.dtype if first is not None else torch.get_default_dtype()
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(cfg["seed"])).to(dev)
     model.to(dev)
     try:
@@ -328,6 +332,8 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: s
         "padded_size": list(images.tensors.shape[-2:]),
         "device": str(dev),
         "device_name": device_info(dev)["name"],
+        "dtype": str(dtype).removeprefix("torch."),
+        "tf32": {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)},
         "threads": torch.get_num_threads(),
         "proposals": {"parts": ["roi_heads"], "count": proposals, "detections": detections if mask else None,
                       "note": note},
@@ -341,12 +347,13 @@ def profile_checkpoint(cfg: dict, ckpt: str | None, *, size: tuple[int, int] = _
                        progress: bool = False) -> dict:
     """:func:`profile_model` of the model of ``cfg`` with the weights of ``ckpt`` (an fptbench
     checkpoint or a torchvision detection file; None: as built). Trained weights matter: the
-    number of detections, hence the mask head's cost, depends on them. ``device`` None: CUDA if
-    available, else the CPU."""
+    number of detections, hence the mask head's cost, depends on them. ``device`` None: the
+    config's ``device`` (:func:`~fptbench.engine.distributed.choose_device`)."""
+    from fptbench.engine.distributed import choose_device
     from fptbench.engine.model import load_model
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = str(choose_device(cfg["device"]))
     model = load_model(cfg, ckpt)
     return profile_model(cfg, size=tuple(size), device=device, runs=runs, warmup=warmup, model=model,
                          progress=progress)
@@ -362,7 +369,8 @@ def format_profile(result: dict) -> str:
     h, w = result["input_size"]
     lines = [
         f"input: {h}x{w} (padded to {'x'.join(map(str, result.get('padded_size', [h, w])))}), batch 1, "
-        f"device {result['device']} ({result.get('device_name', '?')}, {result.get('threads', '?')} threads)",
+        f"device {result['device']} ({result.get('device_name', '?')}, {result.get('threads', '?')} threads), "
+        f"{result.get('dtype', '?')}" + "".join(f", TF32 {k} {'on' if v else 'off'}" for k, v in result.get('tf32', {}).items()),
         f"params: {result['params'] / 1e6:.2f} M   MACs: {_g(result['macs'])} G   "
         f"FLOPs: {_g(result['flops'])} G (flops = 2 x macs)",
         f"{'part':<12} {'params (M)':>11} {'GMACs':>12} {'share':>7}",

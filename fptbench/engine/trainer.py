@@ -11,7 +11,6 @@ RNGs) and the data stream is a function of the iteration (TrainBatchSampler).
 from __future__ import annotations
 
 import copy
-import math
 import os
 import random
 import time
@@ -32,7 +31,7 @@ from fptbench.engine.sampler import TrainBatchSampler
 from fptbench.engine.schedule import build_lr_scheduler
 from fptbench.errors import UsageError
 
-__all__ = ["train", "effective_config", "seed_everything", "collate"]
+__all__ = ["train", "autocast_dtype", "effective_config", "seed_everything", "collate"]
 
 DEBUG_MAX_ITER = 20
 
@@ -72,6 +71,25 @@ def _stream_signature(cfg: dict, info: DistInfo) -> list:
     return [cfg["seed"], cfg["train"]["images_per_device"], info.world_size, cfg["data"]["train"], cfg["data"]["max_images"]]
 
 
+def autocast_dtype(cfg: dict, device_type: str, *, bf16_supported: bool) -> tuple[torch.dtype | None, str]:
+    """The dtype training autocasts to (None: fp32 throughout), and a warning to log ('' if none).
+
+    CUDA: ``train.amp`` in ``train.amp_dtype``; bf16 falls back to fp16 where the GPU lacks it
+    (``bf16_supported``: ``torch.cuda.is_bf16_supported()``). CPU: bf16 with ``train.cpu_bf16``.
+    fp16 needs a grad scaler (:class:`_TrainState`), bf16 none: it has fp32's exponent range.
+    """
+    tcfg = cfg["train"]
+    if device_type != "cuda":
+        return (torch.bfloat16 if tcfg["cpu_bf16"] else None), ""
+    if not tcfg["amp"]:
+        return None, ""
+    if tcfg["amp_dtype"] == "fp16":
+        return torch.float16, ""
+    if bf16_supported:
+        return torch.bfloat16, ""
+    return torch.float16, "train.amp_dtype: bf16 is not supported by this GPU; training in fp16 with grad scaling"
+
+
 def _gather(obj: Any, info: DistInfo) -> list:
     """Every rank's ``obj`` (a one-element list for a single process)."""
     if info.world_size == 1:
@@ -81,10 +99,14 @@ def _gather(obj: Any, info: DistInfo) -> list:
     return out
 
 
-def _all_finite(value: float, info: DistInfo) -> bool:
+def _all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
     """True when the loss is finite on every rank, so that all ranks stop together (a rank that
-    raised alone would leave the others waiting in DDP's all-reduce)."""
-    return all(math.isfinite(v) for v in _gather(value, info))
+    raised alone would leave the others waiting in DDP's all-reduce). One int all-reduce on the
+    loss's device: no pickling, no host round trip per rank."""
+    flag = torch.isfinite(loss.detach()).all().to(torch.int32).reshape(1)
+    if info.world_size > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def train(
@@ -105,12 +127,16 @@ def train(
         with ``iterations`` and ``wall_time_s``.
     """
     cfg = effective_config(cfg)
-    info = init_distributed()
+    info = init_distributed(cfg)
     output_dir = Path(output_dir)
     log = _logger(info)
 
     model = _seeded_model(cfg, info, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
-    state = _TrainState.create(model, cfg, info)
+    dtype, warning = autocast_dtype(cfg, info.device.type,
+                                    bf16_supported=info.device.type == "cuda" and torch.cuda.is_bf16_supported())
+    if warning:
+        log(f"warning: {warning}")
+    state = _TrainState.create(model, cfg, info, dtype)
     if resume:
         _resume(state, output_dir, cfg, info, log)
     ddp_model = _wrap_ddp(model, info)
@@ -119,7 +145,7 @@ def train(
     set_train_sizes(model, cfg, training=True)
     ddp_model.train()
     t_start, loss_value = _loop(state, ddp_model, loader, writer, cfg, info, output_dir,
-                                autocast=_autocast(cfg, info.device, state.scaler is not None), save=save,
+                                autocast=_autocast(info.device, dtype), save=save,
                                 progress=progress)
     _share_buffers(model, info)
     wall = time.perf_counter() - t_start
@@ -129,7 +155,7 @@ def train(
     log(
         f"trained iterations {state.start_iter}..{max_iter} in {wall:.1f} s "
         f"({wall / max(1, max_iter - state.start_iter):.3f} s/it), final loss {loss_value:.4f}, "
-        f"on {info.world_size} x {info.device.type}"
+        f"on {info.world_size} x {info.device.type}, autocast {_dtype_name(dtype)}"
     )
     summary = {
         "iterations": max_iter,
@@ -138,6 +164,7 @@ def train(
         "weights_sha256": weights_digest(model),
         "rank": info.rank,
         "world_size": info.world_size,
+        "autocast_dtype": _dtype_name(dtype),  # what the forward passes computed in (fp32: none)
     }
     if not cfg["train"]["eval_at_end"]:
         return summary
@@ -176,21 +203,21 @@ class _TrainState:
     params: list
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: Any  # torch.amp.GradScaler with fp16 AMP on CUDA, else None
+    scaler: Any  # torch.amp.GradScaler with fp16 autocast on CUDA, else None
     stream: list  # _stream_signature: resuming with another would not replay the run
     start_iter: int = 0
     time_before: float = 0.0  # training seconds spent before a resume
 
     @classmethod
-    def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo) -> "_TrainState":
-        """SGD on the trainable parameters, the warm-up + steps schedule, AMP's grad scaler."""
+    def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo, dtype: torch.dtype | None) -> "_TrainState":
+        """SGD on the trainable parameters, the warm-up + steps schedule, a grad scaler for fp16
+        autocast (``dtype``, from :func:`autocast_dtype`) on CUDA."""
         tcfg = cfg["train"]
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=tcfg["base_lr"], momentum=tcfg["momentum"],
                                     weight_decay=tcfg["weight_decay"])
         scheduler = build_lr_scheduler(optimizer, tcfg)
-        use_amp = info.device.type == "cuda" and tcfg["amp"]
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
+        scaler = torch.amp.GradScaler("cuda") if info.device.type == "cuda" and dtype == torch.float16 else None
         return cls(model, params, optimizer, scheduler, scaler, _stream_signature(cfg, info))
 
 
@@ -225,8 +252,9 @@ def _wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     """DDP wrap under several processes; the model itself otherwise."""
     if info.world_size == 1:
         return model
+    # The device the model sits on (choose_device: local_rank % visible GPUs), not local_rank.
     return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[info.local_rank] if info.device.type == "cuda" else None
+        model, device_ids=[info.device.index] if info.device.type == "cuda" else None
     )
 
 
@@ -248,12 +276,14 @@ def _train_loader(cfg: dict, info: DistInfo, start_iter: int, log: Callable[[str
     )
     # Its own generator: creating the loader must not draw from the global RNG, which the
     # checkpoint restores (a resumed loader would otherwise shift every later random draw).
+    # Pinned batches on CUDA: the copies to the GPU (non_blocking) then overlap compute.
     return DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=cfg["data"]["num_workers"],
         generator=torch.Generator().manual_seed(cfg["seed"]),
+        pin_memory=info.device.type == "cuda",
     )
 
 
@@ -263,13 +293,13 @@ def _tensorboard(output_dir: Path, start_iter: int):
     return SummaryWriter(str(output_dir / "tensorboard"), purge_step=start_iter)
 
 
-def _autocast(cfg: dict, device: torch.device, use_amp: bool):
-    """AMP: bf16 autocast on the CPU with train.cpu_bf16, fp16 on CUDA with train.amp, else none."""
-    if cfg["train"]["cpu_bf16"] and device.type == "cpu":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    if use_amp:
-        return torch.autocast("cuda", dtype=torch.float16)
-    return nullcontext()
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to ``dtype`` (:func:`autocast_dtype`) on ``device``; none for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def _dtype_name(dtype: torch.dtype | None) -> str:
+    return str(dtype or torch.float32).removeprefix("torch.")
 
 
 def _loop(state: _TrainState, ddp_model: torch.nn.Module, loader: DataLoader, writer, cfg: dict, info: DistInfo,
@@ -310,7 +340,7 @@ def _step(state: _TrainState, ddp_model: torch.nn.Module, images: list, targets:
         loss_dict = ddp_model(images, targets)
     loss = sum(loss_dict.values())
     loss_value = float(loss.detach())
-    if not _all_finite(loss_value, info):
+    if not _all_finite(loss, info):
         raise FloatingPointError(
             f"loss is {loss_value} at iteration {iteration}: "
             + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())

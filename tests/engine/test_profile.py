@@ -161,3 +161,25 @@ def test_cli_profile_writes_json(run_cli, tmp_path):
     st, gt = expected_attention(SIZE)
     assert result["attention"]["macs"] == st + gt
     assert "attention (QK + AV products" in done.stdout and "Warning" not in done.stderr
+
+
+def test_the_profile_states_its_dtype_and_tf32_settings(fpt_profile):
+    """A latency means little without the precision it was measured in: fp32 (the model's
+    parameters, no autocast) and torch's TF32 flags, which on CUDA decide fp32's real precision."""
+    result, _ = fpt_profile
+    assert result["dtype"] == "float32"
+    assert result["tf32"] == {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32}
+    assert "float32, TF32 matmul " in format_profile(result)
+
+
+def test_the_tf32_record_follows_torchs_flags():
+    cfg = load_config("synth_r18_bfp", SMALL)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, False
+        result = profile_model(cfg, size=SIZE, runs=1, warmup=0, model=model)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    assert result["tf32"] == {"matmul": True, "cudnn": False}

@@ -112,17 +112,19 @@ def _ddp_worker(rank, port, cfg, out, results):
     from fptbench.engine import train
 
     summary = train(cfg, out, progress=False)
-    results[rank] = (summary["weights_sha256"], summary["world_size"])
+    results[rank] = (summary["weights_sha256"], summary["world_size"], torch.distributed.get_backend())
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
 def test_two_process_ddp_on_gloo_keeps_replicas_identical(synth, tmp_path):
-    cfg = load_config("synth_r18_fpt", TINY + [("data.root", str(synth)), ("train.max_iter", "3"), ("data.num_workers", "0")])
+    # gloo on the CPU, whatever GPUs the machine has (two NCCL ranks cannot share one GPU)
+    cfg = load_config("synth_r18_fpt", TINY + [("data.root", str(synth)), ("train.max_iter", "3"), ("data.num_workers", "0"),
+                                               ("device", "cpu")])
     results = mp.Manager().dict()
     mp.spawn(_ddp_worker, args=(_free_port(), cfg, str(tmp_path), results), nprocs=2, join=True)
-    (d0, w0), (d1, w1) = results[0], results[1]
-    assert w0 == w1 == 2
+    (d0, w0, b0), (d1, w1, b1) = results[0], results[1]
+    assert w0 == w1 == 2 and b0 == b1 == "gloo"
     assert d0 == d1  # bitwise-identical weights on both ranks after 3 DDP steps
     # and they are the weights rank 0 saved
     from fptbench.engine.model import weights_digest

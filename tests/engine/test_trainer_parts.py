@@ -1,10 +1,13 @@
-"""Pieces of the training loop that need no training: DEBUG, multi-scale sizes, weight digests."""
+"""Pieces of the training loop that need no training: DEBUG, multi-scale sizes, weight digests,
+the autocast dtype, the grad scaler and the loader's pinned memory."""
 
+import pytest
 import torch
 
 from fptbench.config import load_config
 from fptbench.engine.model import set_train_sizes, weights_digest
-from fptbench.engine.trainer import effective_config
+from fptbench.engine.distributed import DistInfo
+from fptbench.engine.trainer import _train_loader, _TrainState, autocast_dtype, effective_config
 from fptbench.modeling import build_model
 
 SMALL = [("model.backbone", "resnet18"), ("model.min_size", "96"), ("model.max_size", "160")]
@@ -39,3 +42,54 @@ def test_weights_digest_sees_every_bit():
     assert before == weights_digest(model)
     model.running_var[1] = torch.nextafter(model.running_var[1], torch.tensor(2.0))  # one ulp
     assert weights_digest(model) != before
+
+
+# --- mixed precision and the loader on CUDA (issue #10): decisions testable on the CPU ------------
+
+def _amp(device_type, *, supported=True, **train):
+    cfg = load_config("synth_r18_bfp", [(f"train.{k}", v) for k, v in train.items()])
+    return autocast_dtype(cfg, device_type, bf16_supported=supported)
+
+
+def test_autocast_is_bf16_on_cuda_by_default_and_fp16_where_bf16_is_missing():
+    assert load_config("synth_r18_bfp")["train"]["amp_dtype"] == "bf16"
+    assert _amp("cuda") == (torch.bfloat16, "")
+    dtype, warning = _amp("cuda", supported=False)
+    assert dtype == torch.float16 and "bf16 is not supported by this GPU" in warning and "\n" not in warning
+    assert _amp("cuda", amp_dtype="fp16") == (torch.float16, "")
+    assert _amp("cuda", supported=False, amp_dtype="fp16") == (torch.float16, "")
+    assert _amp("cuda", amp=False) == (None, "")  # fp32 throughout
+
+
+def test_autocast_on_the_cpu_is_train_cpu_bf16_only():
+    assert _amp("cpu") == (None, "")  # train.amp (on by default) is ignored on the CPU
+    assert _amp("cpu", cpu_bf16=True) == (torch.bfloat16, "")
+    assert _amp("cpu", amp_dtype="fp16", cpu_bf16=True) == (torch.bfloat16, "")
+
+
+def test_amp_dtype_is_bf16_or_fp16():
+    from fptbench.config import ConfigError
+
+    with pytest.raises(ConfigError, match="key 'train.amp_dtype' must be one of bf16, fp16; got 'fp8'"):
+        load_config("synth_r18_bfp", [("train.amp_dtype", "fp8")])
+
+
+@pytest.mark.filterwarnings("ignore:torch.cuda.amp.GradScaler is enabled, but CUDA is not available")
+def test_only_fp16_gets_a_grad_scaler():
+    model = torch.nn.Linear(2, 2)
+    cfg = load_config("synth_r18_bfp")
+    cuda = DistInfo(device=torch.device("cuda", 0))
+    assert _TrainState.create(model, cfg, cuda, torch.bfloat16).scaler is None
+    assert _TrainState.create(model, cfg, cuda, None).scaler is None
+    assert _TrainState.create(model, cfg, DistInfo(), torch.bfloat16).scaler is None
+    scaler = _TrainState.create(model, cfg, cuda, torch.float16).scaler
+    assert isinstance(scaler, torch.amp.GradScaler)
+
+
+def test_the_training_loader_pins_memory_on_cuda_only(tmp_path):
+    from fptbench.data.synth import write_synth
+
+    write_synth(tmp_path, train=2, val=1, size=64, seed=0)
+    cfg = load_config("synth_r18_bfp", [("data.root", str(tmp_path)), ("data.num_workers", 0)])
+    assert _train_loader(cfg, DistInfo(device=torch.device("cuda", 0)), 0, lambda _: None).pin_memory is True
+    assert _train_loader(cfg, DistInfo(), 0, lambda _: None).pin_memory is False
