@@ -123,6 +123,7 @@ SCHEMA: dict[str, Key] = {
     "model.box_batch_size_per_image": Key(512, int, "RoIs sampled per image for the box (and mask) head losses (torchvision: 512)", min=1),
     "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
     "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
+    "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3)"),
     # fpt: which transformers the neck has and how their outputs are fused
     "fpt.st": Key(True, bool, "Self-Transformer on every level (non-local interaction within a level)"),
     "fpt.gt": Key(True, bool, "Grounding Transformer, top-down (fine queries, coarse keys/values)"),
@@ -136,13 +137,16 @@ SCHEMA: dict[str, Key] = {
     "st.parts": Key(2, int, "MoS channel parts N [paper: 2]; must divide the 256 pyramid channels (ignored with softmax)", min=1),
     "st.pool_kv": Key(False, bool, "keys/values from a 3x3 stride-2 average pool of the level: 4x fewer positions [code]"),
     "st.shared_qk": Key(False, bool, "one 1x1 conv computes both queries and keys [code]"),
-    "st.attn_dropout": Key(0.1, float, "dropout probability on the mixed attention weights, training only [code]", min=0.0, max=1.0),
+    "st.mixture_input": Key("keys", str, "what the MoS weights pi are computed from: keys = mean of k [paper, wording unconfirmed], queries = mean of the full-resolution q [code]", choices=("keys", "queries")),
+    "st.attn_dropout": Key(0.1, float, "dropout probability on the attention weights, training only [code]", min=0.0, max=1.0),
+    "st.dropout_on": Key("softmax", str, "softmax = each part's softmax before mixing, independent masks [code]; mixture = the mixed weights, one mask [ours] (attention.impl blocks or naive)", choices=("softmax", "mixture")),
     # gt: Grounding Transformer
-    "gt.normalizer": Key("mos", str, "mos = mixture of gt.parts softmaxes [paper]; softmax = one softmax, gt.parts then treated as 1", choices=("mos", "softmax")),
+    "gt.normalizer": Key("mos", str, "mos = mixture of gt.parts softmaxes [paper]; softmax = one softmax; linear = (q k^T / Lk) v, no softmax, as the authors' FPT_a builds it [code]; gt.parts is 1 unless mos", choices=("mos", "softmax", "linear")),
     "gt.parts": Key(4, int, "MoS channel parts N [paper: 4]; must divide gt.channels (ignored with softmax)", min=1),
     "gt.similarity": Key("euclidean", str, "query-key score: euclidean = -||q - k||^2 [paper], dot = q . k", choices=("euclidean", "dot")),
     "gt.channels": Key(128, int, "inner width of q, k and v, channels [code: 128]", min=1),
     "gt.window": Key(0, int, "0 = global GT; odd n >= 1 = locality-constrained GT over n x n coarse cells [paper]", min=0),
+    "gt.out_bias": Key(False, bool, "the output 1x1 conv (before the zero-initialised BN) has a bias, as the authors' W_z [code]; false [ours]"),
     # rt: Rendering Transformer
     "rt.variant": Key("paper", str, "paper = 3x3 conv after the GAP channel weighting [paper]; code = conv before it, 1x1 conv on the GAP vector [code]", choices=("paper", "code")),
     # attention: how mixture attention is computed (results are equal up to rounding); the impl
@@ -462,6 +466,9 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
     if flat["gt.normalizer"] == "mos" and flat["gt.channels"] % flat["gt.parts"]:
         raise fail(f"gt.parts={flat['gt.parts']} must divide gt.channels={flat['gt.channels']} "
                    f"(gt.normalizer=mos)")
+    if flat["gt.normalizer"] == "linear" and (flat["gt.similarity"] != "dot" or flat["gt.window"] != 0):
+        raise fail(f"gt.normalizer=linear [code] is the authors' global dot-product GT: it needs gt.similarity=dot "
+                   f"and gt.window=0, got gt.similarity={flat['gt.similarity']}, gt.window={flat['gt.window']}")
     if flat["gt.window"] != 0 and flat["gt.window"] % 2 == 0:
         raise fail(f"gt.window={flat['gt.window']} must be 0 (global GT) or an odd window side >= 1")
     if len(flat["model.anchor_sizes"]) != 5:

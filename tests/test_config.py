@@ -71,13 +71,13 @@ def test_defaults_are_the_interface_values():
                             "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
                             "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
                             "box_batch_size_per_image": 512,
-                            "weights": "", "backbone_weights": ""}
+                            "weights": "", "backbone_weights": "", "stride_in_1x1": False}
     assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all",
                           "fuse_init": "default", "norm": "gn"}
     assert cfg["st"] == {"normalizer": "mos", "parts": 2, "pool_kv": False, "shared_qk": False,
-                         "attn_dropout": 0.1}
+                         "mixture_input": "keys", "attn_dropout": 0.1, "dropout_on": "softmax"}
     assert cfg["gt"] == {"normalizer": "mos", "parts": 4, "similarity": "euclidean", "channels": 128,
-                         "window": 0}
+                         "window": 0, "out_bias": False}
     assert cfg["rt"] == {"variant": "paper"}
     assert cfg["attention"] == {"impl": "auto", "block_size": 0}
     # the authors' optimiser and schedule shape [code]: SGD 0.9 / 1e-4, warm-up from 1/3
@@ -104,6 +104,11 @@ def test_choice_lists_mirrored_from_the_model_are_the_models():
 
     assert SCHEMA["model.backbone"].choices == BACKBONES == tuple(RESNETS)
     assert SCHEMA["attention.impl"].choices == tuple(IMPLS)
+    from fptbench.modeling.grounding_transformer import NORMALIZERS
+    from fptbench.ops.mos_attention import DROPOUT_ON
+
+    assert SCHEMA["gt.normalizer"].choices == NORMALIZERS
+    assert SCHEMA["st.dropout_on"].choices == DROPOUT_ON
 
 
 def test_config_imports_no_torch():
@@ -412,3 +417,12 @@ def test_list_keys_are_checked_element_by_element():
 def test_list_cross_key_rules():
     assert "must be in increasing order" in error_of("maskrcnn_r50_fpt", [("train.steps", "[10, 5]")])
     assert "one size per level P2..P6 (5 values)" in error_of("maskrcnn_r50_fpt", [("model.anchor_sizes", "[8, 16]")])
+
+
+def test_linear_gt_needs_the_global_dot_product():
+    # gt.normalizer=linear is the authors' GroundTrans(mode='dot') [code]: no Euclidean, no window.
+    message = error_of("maskrcnn_r50_fpt", [("gt.normalizer", "linear")])
+    assert "gt.normalizer=linear [code]" in message and "gt.similarity=euclidean" in message
+    message = error_of("maskrcnn_r50_fpt", [("gt.normalizer", "linear"), ("gt.similarity", "dot"), ("gt.window", "5")])
+    assert "gt.window=5" in message
+    assert load_config("maskrcnn_r50_fpt", [("gt.normalizer", "linear"), ("gt.similarity", "dot")])["gt"]["normalizer"] == "linear"

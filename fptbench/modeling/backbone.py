@@ -18,7 +18,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fptbench.modeling.fpt import FeaturePyramidTransformer
+from fptbench.modeling.fpt import FeaturePyramidTransformer, make_norm
 
 # name -> torchvision classification-model builder
 RESNETS: dict[str, Callable[..., resnet.ResNet]] = {
@@ -54,12 +54,13 @@ def cfg_get(cfg: dict[str, Any], key: str, choices: Optional[Sequence[Any]] = No
     return value
 
 
-def resnet_body(*, name: str, norm: str = "bn") -> resnet.ResNet:
+def resnet_body(*, name: str, norm: str = "bn", stride_in_1x1: bool = False) -> resnet.ResNet:
     """A torchvision classification ResNet/ResNeXt with random weights (``weights=None``).
 
     Args:
         name (str): a key of :data:`RESNETS`.
         norm (str): a key of :data:`NORM_LAYERS`.
+        stride_in_1x1 (bool): see :func:`place_stride_in_1x1`.
 
     Returns:
         resnet.ResNet: the full classification model (``fc`` included; the detection
@@ -69,7 +70,35 @@ def resnet_body(*, name: str, norm: str = "bn") -> resnet.ResNet:
         raise ValueError(f"name: {name!r} is not one of {', '.join(RESNETS)}")
     if norm not in NORM_LAYERS:
         raise ValueError(f"norm: {norm!r} is not one of {', '.join(NORM_LAYERS)}")
-    return RESNETS[name](weights=None, norm_layer=NORM_LAYERS[norm])
+    body = RESNETS[name](weights=None, norm_layer=NORM_LAYERS[norm])
+    if stride_in_1x1:
+        place_stride_in_1x1(body)
+    return body
+
+
+def place_stride_in_1x1(body: resnet.ResNet) -> None:
+    """Move the stride of each stage's first Bottleneck from its 3x3 conv to its 1x1 conv.
+
+    [code] Detectron's MSRA ResNets (the seed's pretrained ``.pkl`` trunks) stride in the 1x1
+    (Detectron ``modeling/ResNet.py``, ``bottleneck_transformation``: ``(str1x1s, str3x3s) =
+    (stride, 1) if stride_1x1 else (1, stride)``, ``RESNETS.STRIDE_1X1: True``); torchvision's
+    Bottleneck strides in the 3x3. The shapes are the same, so the weights load either way, but
+    only this placement computes what those trunks were trained as. The shortcut (a strided 1x1
+    projection) is the same in both. Parameters are untouched.
+
+    Raises:
+        ValueError: a basic-block trunk (ResNet-18/34 have no 1x1 conv) or a grouped one
+            (ResNeXt strides in the 3x3 in Detectron too).
+    """
+    for stage in (body.layer2, body.layer3, body.layer4):
+        block = stage[0]
+        if not isinstance(block, resnet.Bottleneck):
+            raise ValueError("model.stride_in_1x1: needs a Bottleneck trunk (resnet50 and deeper); "
+                             "ResNet-18/34 have no 1x1 conv to stride")
+        if block.conv2.groups != 1:
+            raise ValueError("model.stride_in_1x1: ResNeXt trunks stride in the 3x3 conv in Detectron too; "
+                             "leave it false")
+        block.conv1.stride, block.conv2.stride = block.conv2.stride, (1, 1)
 
 
 def freeze_layers(body: resnet.ResNet, trainable_layers: int) -> None:
@@ -114,6 +143,9 @@ class FPTBackbone(nn.Module):
         fpt_input (str): ``"fpn"`` [ours, default]: FPT transforms torchvision's FPN outputs.
             ``"lateral"`` [code]: FPT transforms 1x1-conv laterals of C2..C5, no top-down path;
             the module then has ``laterals`` instead of ``fpn``.
+        lateral_norm (str): with ``"lateral"``, the norm after each lateral conv, the neck's
+            ``fpt.norm`` [code] (FPT_a.py, ``FPT.__init__``: with ``with_norm`` a lateral is
+            ``Conv2d(c, d, 1, bias=False)`` + norm; without it, a plain conv with bias).
 
     Attributes:
         out_channels (int): pyramid width, read by torchvision's detection heads.
@@ -127,6 +159,7 @@ class FPTBackbone(nn.Module):
         out_channels: int = OUT_CHANNELS,
         *,
         fpt_input: str = "fpn",
+        lateral_norm: str = "none",
     ) -> None:
         super().__init__()
         if fpt_input not in FPT_INPUTS:
@@ -138,11 +171,19 @@ class FPTBackbone(nn.Module):
             # No extra block: P6 is pooled from the *transformed* P5 in forward() [paper].
             self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=None)
         else:
-            self.laterals = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels_list)
-            for conv in self.laterals:
+            # Without a norm a lateral stays a plain conv (state_dict keys ``laterals.i.weight``).
+            self.laterals = nn.ModuleList(
+                nn.Conv2d(c, out_channels, 1)
+                if lateral_norm == "none"
+                else nn.Sequential(nn.Conv2d(c, out_channels, 1, bias=False), make_norm(lateral_norm, out_channels))
+                for c in in_channels_list
+            )
+            for lateral in self.laterals:
+                conv = lateral if isinstance(lateral, nn.Conv2d) else lateral[0]
                 # [ours] initialised as torchvision's FPN initialises its 1x1 inner blocks
                 nn.init.kaiming_uniform_(conv.weight, a=1)
-                nn.init.constant_(conv.bias, 0)
+                if conv.bias is not None:
+                    nn.init.constant_(conv.bias, 0)
         self.fpt = fpt
         self.out_channels = out_channels
 
@@ -181,7 +222,7 @@ def bfp_backbone(*, body: resnet.ResNet, trainable_layers: int = 5) -> BackboneW
 
 
 def fpt_backbone(
-    *, body: resnet.ResNet, fpt: nn.Module, fpt_input: str = "fpn", trainable_layers: int = 5
+    *, body: resnet.ResNet, fpt: nn.Module, fpt_input: str = "fpn", lateral_norm: str = "none", trainable_layers: int = 5
 ) -> FPTBackbone:
     """BFP (or laterals) + FPT, see :class:`FPTBackbone`.
 
@@ -189,10 +230,11 @@ def fpt_backbone(
         body (resnet.ResNet): from :func:`resnet_body`; its parameters are frozen in place.
         fpt (nn.Module): the neck, e.g. :class:`FeaturePyramidTransformer` with d = 256, 4 levels.
         fpt_input (str): ``"fpn"`` or ``"lateral"``.
+        lateral_norm (str): norm after each lateral conv (``"lateral"`` only).
         trainable_layers (int): 0..5, see :func:`freeze_layers`.
     """
     freeze_layers(body, trainable_layers)
-    return FPTBackbone(body, stage_channels(body), fpt, OUT_CHANNELS, fpt_input=fpt_input)
+    return FPTBackbone(body, stage_channels(body), fpt, OUT_CHANNELS, fpt_input=fpt_input, lateral_norm=lateral_norm)
 
 
 def build_backbone(cfg: dict[str, Any]) -> nn.Module:
@@ -212,10 +254,10 @@ def build_backbone(cfg: dict[str, Any]) -> nn.Module:
     fpt_input = cfg_get(cfg, "fpt.input", FPT_INPUTS)
     use_fpt = any(cfg_get(cfg, f"fpt.{t}", (True, False)) for t in ("st", "gt", "rt"))
 
-    body = resnet_body(name=name, norm=norm)
+    body = resnet_body(name=name, norm=norm, stride_in_1x1=cfg_get(cfg, "model.stride_in_1x1", (True, False)))
     # Seam for pretrained weights: a local ImageNet checkpoint loads into `body` here, before
     # freezing; its keys are torchvision's classification keys (`fc.*` unused).
     if not use_fpt:
         return bfp_backbone(body=body, trainable_layers=trainable_layers)
     fpt = FeaturePyramidTransformer.from_config(cfg, channels=OUT_CHANNELS, num_levels=len(RETURN_LAYERS))
-    return fpt_backbone(body=body, fpt=fpt, fpt_input=fpt_input, trainable_layers=trainable_layers)
+    return fpt_backbone(body=body, fpt=fpt, fpt_input=fpt_input, lateral_norm=cfg["fpt"]["norm"], trainable_layers=trainable_layers)

@@ -12,10 +12,13 @@ from .grounding_transformer import GroundingTransformer
 from .rendering_transformer import RenderingTransformer
 from .self_transformer import SelfTransformer
 
-__all__ = ["FeaturePyramidTransformer"]
+__all__ = ["FeaturePyramidTransformer", "NORMS", "make_norm"]
+
+NORMS = ("none", "bn", "gn")
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def make_norm(kind: str, channels: int) -> nn.Module:
+    """The neck's norm after a conv: "none" (identity), "bn", or "gn" (32 groups [code])."""
     if kind == "none":
         return nn.Identity()
     if kind == "bn":
@@ -29,8 +32,9 @@ class FeaturePyramidTransformer(nn.Module):
     """Transforms a feature pyramid with ST, GT and RT and fuses the results per level.
 
     Each level l concatenates, in this order [code, matches the paper's figure]: ST(X_l);
-    RT(X_l <- X_f) for every finer level f (finest first); GT(X_l <- X_c) for every coarser
-    level c (nearest first); X_l itself. One Conv3x3 (k * C -> C) then fuses them, followed by
+    RT(X_l <- X_f) for every finer level f (nearest first); GT(X_l <- X_c) for every coarser
+    level c (nearest first); X_l itself (FPT_a.py, ``FPT.forward``: P4 = [ST, RT<-P3, RT<-P2,
+    GT<-P5, X]). One Conv3x3 (k * C -> C) then fuses them, followed by
     ``norm`` (none | bn | gn; no activation, like FPN's output convs [ours]). The coarsest level
     gets no GT and the finest no RT; every (target, source) pair has its own weights, so P2..P5
     with ``pairs="all"`` has 4 ST, 6 GT and 6 RT modules, and ``pairs="adjacent"`` keeps only
@@ -95,14 +99,12 @@ class FeaturePyramidTransformer(nn.Module):
             if st:
                 self.st[self.names[t]] = SelfTransformer(channels, **st_args)
                 srcs.append(("st", t))
-            for s in range(num_levels):
-                if s == t or (pairs == "adjacent" and abs(s - t) != 1):
-                    continue
-                key = f"{self.names[t]}_from_{self.names[s]}"
-                if rt and s < t:
+            for s in reversed(range(t)):  # finer levels, nearest first [code]
+                if rt and (pairs == "all" or t - s == 1):
+                    key = f"{self.names[t]}_from_{self.names[s]}"
                     self.rt[key] = RenderingTransformer(channels, stride=2 ** (t - s), **rt_args)
                     srcs.append(("rt", s))
-            for s in range(t + 1, num_levels):
+            for s in range(t + 1, num_levels):  # coarser levels, nearest first [code]
                 if pairs == "adjacent" and s - t != 1:
                     continue
                 if gt:
@@ -115,7 +117,7 @@ class FeaturePyramidTransformer(nn.Module):
             {
                 self.names[t]: nn.Sequential(
                     nn.Conv2d(len(self.inputs[t]) * channels, channels, 3, padding=1, bias=norm == "none"),
-                    _norm(norm, channels),
+                    make_norm(norm, channels),
                 )
                 for t in range(num_levels)
             }

@@ -7,11 +7,14 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fptbench.ops import local_mos_attention, mos_attention
+from fptbench.ops import linear_attention, local_mos_attention, mos_attention
 
 from .mixture import MixtureWeights
 
-__all__ = ["GroundingTransformer"]
+__all__ = ["GroundingTransformer", "NORMALIZERS"]
+
+# "linear" is the authors' GT as shipped [code]; fptbench.config's gt.normalizer is pinned to this.
+NORMALIZERS = ("mos", "softmax", "linear")
 
 
 class GroundingTransformer(nn.Module):
@@ -29,9 +32,14 @@ class GroundingTransformer(nn.Module):
         channels: C of both levels (the pyramid width).
         stride: scale ratio s = stride(coarse) / stride(fine) (2, 4 or 8); used by LGT.
         inner_channels: width of q, k and v (128 [code]).
-        parts: N; ignored (N = 1) when ``normalizer="softmax"``.
-        normalizer: "mos" | "softmax".
+        parts: N; ignored (N = 1) when ``normalizer="softmax"`` or ``"linear"``.
+        normalizer: "mos" [paper] | "softmax" (the MoS ablation) | "linear" [code]: what the
+            authors' ``FPT_a`` builds, ``GroundTrans(mode='dot')`` (grounding_trans.py,
+            ``forward``): out = (q k^T / Lk) v with no softmax, no scale and no parts
+            (``linear_attention``); needs ``similarity="dot"`` and the global GT.
         similarity: "euclidean" [paper] | "dot" (the paper's similarity ablation).
+        out_bias: the output 1x1 conv has a bias, as the authors' ``W_z`` conv does [code];
+            False [ours] (a bias before BN only matters in eval, through the running mean).
         window: 0 for the global GT; an odd side for LGT (5 [ours] when the paper's is unknown).
         attention_impl, block_size: passed to ``mos_attention`` (the global GT only: LGT is one
             batched product, memory-linear on every device, that ``attention.impl`` does not
@@ -61,17 +69,24 @@ class GroundingTransformer(nn.Module):
         normalizer: str = "mos",
         similarity: str = "euclidean",
         window: int = 0,
+        out_bias: bool = False,
         attention_impl: str = "auto",
         block_size: int = 0,
     ) -> None:
         super().__init__()
-        if normalizer not in ("mos", "softmax"):
-            raise ValueError(f"GroundingTransformer: normalizer must be 'mos' or 'softmax', got {normalizer!r}")
+        if normalizer not in NORMALIZERS:
+            raise ValueError(f"GroundingTransformer: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
+        if normalizer == "linear" and (similarity != "dot" or window > 0):
+            raise ValueError(
+                "GroundingTransformer: normalizer 'linear' [code] is the authors' global dot-product GT; "
+                f"it needs similarity 'dot' and window 0, got similarity {similarity!r}, window {window}"
+            )
         if similarity not in ("euclidean", "dot"):
             raise ValueError(f"GroundingTransformer: similarity must be 'euclidean' or 'dot', got {similarity!r}")
         if window < 0 or (window > 0 and window % 2 == 0):
             raise ValueError(f"GroundingTransformer: window must be 0 (global) or odd, got {window}")
-        parts = 1 if normalizer == "softmax" else parts
+        parts = parts if normalizer == "mos" else 1
+        self.normalizer = normalizer
         if inner_channels % parts != 0:
             raise ValueError(f"GroundingTransformer: parts={parts} must divide inner_channels={inner_channels}")
         self.stride = stride
@@ -83,7 +98,7 @@ class GroundingTransformer(nn.Module):
         self.key = nn.Conv2d(channels, inner_channels, 1)
         self.value = nn.Conv2d(channels, inner_channels, 1)
         self.mixture = MixtureWeights(inner_channels, parts)
-        self.out = nn.Conv2d(inner_channels, channels, 1, bias=False)
+        self.out = nn.Conv2d(inner_channels, channels, 1, bias=out_bias)
         self.norm = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.norm.weight)  # [code]
         nn.init.zeros_(self.norm.bias)
@@ -94,7 +109,10 @@ class GroundingTransformer(nn.Module):
         k = self.key(coarse)
         v = self.value(coarse)
         pi = self.mixture(k)
-        if self.window > 0:
+        if self.normalizer == "linear":
+            o = linear_attention(q.flatten(2).transpose(1, 2), k.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2))
+            o = o.transpose(1, 2).reshape(B, -1, Hf, Wf)
+        elif self.window > 0:
             o = local_mos_attention(q, k, v, pi, stride=self.stride, window=self.window, similarity=self.similarity)
         else:
             o = mos_attention(

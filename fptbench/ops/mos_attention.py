@@ -52,6 +52,7 @@ __all__ = [
     "block_rows",
     "IMPLS",
     "SDPA_LAYOUTS",
+    "DROPOUT_ON",
     "DEFAULT_TILE_ELEMENTS",
     "PROFILE_FORWARD",
     "PROFILE_BACKWARD",
@@ -73,6 +74,11 @@ IMPLS = ("auto", "sdpa", "blocks", "naive")
 # cuDNN kernels take (Dv != D). "auto" = "unpadded" on CUDA without dropout (faster in every case
 # measured on an H200: module docstring), "equal" elsewhere.
 SDPA_LAYOUTS = ("auto", "equal", "unpadded")
+# Where attention dropout applies: "softmax" drops each component's softmax A_n before the
+# mixture, with an independent mask per component, as the authors' MixtureOfSoftMax does [code]
+# (self_trans.py, MixtureOfSoftMax.forward: dropout(attn), then the pi-weighted sum); and as a
+# fused SDPA kernel does per head. "mixture" drops the mixed weights W with one mask [ours].
+DROPOUT_ON = ("softmax", "mixture")
 # Profiler labels: benchmarks/fpt_neck.py times attention inside the neck by these names.
 PROFILE_FORWARD = "fptbench::mos_attention"
 PROFILE_BACKWARD = "fptbench::mos_attention.backward"
@@ -147,6 +153,7 @@ def mos_attention(
     impl: str = "auto",
     block_size: int = 0,
     sdpa_layout: str = "auto",
+    dropout_on: str = "softmax",
 ) -> Tensor:
     """Mixture-of-softmaxes attention, memory-linear in Lq and Lk, forward and backward.
 
@@ -160,10 +167,11 @@ def mos_attention(
             attention always runs in float32, also under autocast [issue #10].
         scale: multiplies the similarity; None means 1 / sqrt(D / N).
         dropout_p: dropout on the attention weights, applied whenever > 0 (callers pass 0 in
-            eval, as with ``scaled_dot_product_attention``). With ``blocks`` it is applied
-            to the mixed weights W = sum_n pi_n A_n, as the authors' code does [code]; with
-            ``sdpa`` to each component's weights (equal in expectation [ours]). ``sdpa`` with
-            dropout on the CPU is refused: no fused CPU kernel takes dropout.
+            eval, as with ``scaled_dot_product_attention``). ``sdpa`` with dropout on the CPU is
+            refused: no fused CPU kernel takes dropout.
+        dropout_on: "softmax" (each component's softmax, independent masks [code]; every impl)
+            or "mixture" (the mixed weights, one mask [ours]; blocks and naive only: a fused
+            kernel drops per head). Both keep the expectation: E[out] = the dropout-free out.
         impl: "auto" | "sdpa" | "blocks" | "naive" (module docstring).
         block_size: queries per block for ``blocks``; 0 picks ``block_rows``' choice.
         sdpa_layout: "auto" | "equal" | "unpadded" (``SDPA_LAYOUTS``).
@@ -175,6 +183,8 @@ def mos_attention(
         raise ValueError(f"mos_attention: block_size must be >= 0 (0 = automatic), got {block_size}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"mos_attention: dropout_p must be in [0, 1), got {dropout_p}")
+    if dropout_on not in DROPOUT_ON:
+        raise ValueError(f"mos_attention: dropout_on must be one of {DROPOUT_ON}, got {dropout_on!r}")
     if sdpa_layout not in SDPA_LAYOUTS:
         raise ValueError(f"mos_attention: sdpa_layout must be one of {SDPA_LAYOUTS}, got {sdpa_layout!r}")
     B, Lq, D = q.shape
@@ -183,7 +193,15 @@ def mos_attention(
     d = D // N
     if scale is None:
         scale = 1.0 / math.sqrt(d)
+    mixture_dropout = dropout_p > 0 and dropout_on == "mixture"
     impl = choose_impl(impl, N, q.device, dropout_p)
+    if impl == "sdpa" and mixture_dropout:
+        if N > 1:
+            raise ValueError(
+                "mos_attention: dropout_on 'mixture' needs impl 'blocks' or 'naive' (a fused kernel drops each "
+                "component's softmax; that is dropout_on 'softmax')"
+            )
+        mixture_dropout = False  # one component: its softmax is the mixture
     if impl == "sdpa" and dropout_p > 0 and q.device.type == "cpu":
         raise ValueError(
             "mos_attention: impl 'sdpa' with attention dropout has no fused kernel on the CPU (it would "
@@ -203,11 +221,12 @@ def mos_attention(
         if impl == "sdpa":
             out = _mos_sdpa(qn, kn, v, pi, scale, dropout_p, sdpa_layout)
         elif impl == "naive":
-            out = _mos_naive(qn, kn, v, pi, scale, dropout_p)
+            out = _mos_naive(qn, kn, v, pi, scale, dropout_p, mixture_dropout)
         else:
             seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0 else 0
             out = _MoSBlockAttention.apply(
-                (qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi, float(dropout_p), seed, int(block_size)
+                (qn * scale).contiguous(), kn.contiguous(), v.contiguous(), pi, float(dropout_p), seed, int(block_size),
+                mixture_dropout,
             )
     return out.to(out_dtype)
 
@@ -227,11 +246,13 @@ def compute_dtype(q: Tensor, similarity: str) -> torch.dtype:
     return dtype
 
 
-def _mos_naive(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float) -> Tensor:
+def _mos_naive(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, scale: float, dropout_p: float, mixture_dropout: bool) -> Tensor:
     """Materialised (B, N, Lq, Lk) scores: the memory-quadratic baseline."""
     attn = torch.softmax(torch.matmul(qn * scale, kn.transpose(-1, -2)), dim=-1)
+    if not mixture_dropout:
+        attn = F.dropout(attn, dropout_p)
     mixed = torch.einsum("bn,bnqk->bqk", pi, attn)
-    return torch.matmul(F.dropout(mixed, dropout_p), v)
+    return torch.matmul(F.dropout(mixed, dropout_p) if mixture_dropout else mixed, v)
 
 
 def _round_up(n: int, multiple: int) -> int:
@@ -326,14 +347,17 @@ class _MoSBlockAttention(torch.autograd.Function):
     """Query-block MoS attention; recomputes each block in backward [spec (b)].
 
     Inputs are q (B, N, Lq, d) already multiplied by the scale, k (B, N, Lk, d), v (B, Lk, Dv),
-    pi (B, N). Per block, with S_n = q_n k_n^T, P_n = softmax(S_n), W = sum_n pi_n P_n (times
-    the dropout mask M), out = W v. Backward per block:
-        dv += W^T dout,   dW = (dout v^T) * M,   dpi_n = sum(dW * P_n),
-        dS_n = pi_n * P_n * (dW - rowsum(dW * P_n)),   dq_n = dS_n k_n,   dk_n += dS_n^T q_n.
+    pi (B, N). Per block, with S_n = q_n k_n^T, P_n = softmax(S_n), dropout masks M_n (per
+    component, ``dropout_on="softmax"`` [code]) or one mask M on the mixture, and c = 1 / (1 - p):
+        W = c * sum_n pi_n (M_n * P_n)    or    W = c * M * sum_n pi_n P_n,    out = W v.
+    Backward per block, with g = c * dout and Pt_n = M_n * P_n (or P_n, and dW masked by M):
+        dv += W^T dout,   dW = g v^T,   T_n = Pt_n * dW,   r_n = rowsum(T_n),   dpi_n = sum(r_n),
+        dS_n = pi_n (T_n - P_n r_n),   dq_n = dS_n k_n,   dk_n += dS_n^T q_n.
+    The masks are drawn again from the same seeds in backward, never stored.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, pi, dropout_p, seed, block_size):
+    def forward(ctx, q, k, v, pi, dropout_p, seed, block_size, mixture_dropout):
         B, N, Lq, _ = q.shape
         Lk, Dv = v.shape[1], v.shape[2]
         rows = block_rows(N, Lk, block_size, q.device.type)
@@ -358,18 +382,20 @@ class _MoSBlockAttention(torch.autograd.Function):
                 n = e - s
                 P = torch.matmul(q[b, :, s:e], kT, out=S[:, :n])
                 torch.softmax(P, -1, out=P)
+                if use_dropout and not mixture_dropout:
+                    P.masked_fill_(_block_mask(N, n, Lk, dropout_p, seed, b * nblocks + i, P.device), 0.0)
                 Wb = W[:n]
                 if N == 2:
                     torch.lerp(P[0], P[1], t, out=Wb)
                 else:
                     torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
-                if use_dropout:
-                    Wb.masked_fill_(dropout_drop_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb.device), 0.0)
+                if use_dropout and mixture_dropout:
+                    Wb.masked_fill_(_block_mask(1, n, Lk, dropout_p, seed, b * nblocks + i, Wb.device)[0], 0.0)
                 ob = torch.matmul(Wb, v[b], out=out[b, s:e])
                 if out_scale != 1.0:
                     ob.mul_(out_scale)
         ctx.save_for_backward(q, k, v, pi)
-        ctx.cfg = (rows, dropout_p if use_dropout else 0.0, seed, nblocks)
+        ctx.cfg = (rows, dropout_p if use_dropout else 0.0, seed, nblocks, mixture_dropout)
         return out
 
     @staticmethod
@@ -380,7 +406,7 @@ class _MoSBlockAttention(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, dout):
         q, k, v, pi = ctx.saved_tensors
-        rows, dropout_p, seed, nblocks = ctx.cfg
+        rows, dropout_p, seed, nblocks, mixture_dropout = ctx.cfg
         B, N, Lq, _ = q.shape
         Lk = v.shape[1]
         dout = dout.contiguous()
@@ -397,8 +423,6 @@ class _MoSBlockAttention(torch.autograd.Function):
         T = q.new_empty(N, m, Lk)
         W = q.new_empty(m, Lk)
         dW = q.new_empty(m, Lk)
-        # With dropout, out = c * (M * W) v with W = sum_n pi_n P_n and c = 1 / (1 - p): take
-        # g = c * dout, then every formula below is the dropout-free one with masked W and dW.
         c = dropout_keep_scale(dropout_p) if dropout_p > 0 else 1.0
         g_all = dout * c if c != 1.0 else dout
         for b in range(B):
@@ -410,19 +434,25 @@ class _MoSBlockAttention(torch.autograd.Function):
                 n = e - s
                 P = torch.matmul(q[b, :, s:e], kT, out=S[:, :n])
                 torch.softmax(P, -1, out=P)
-                Wb, dWb = W[:n], dW[:n]
-                torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
+                Wb, dWb, Tb = W[:n], dW[:n], T[:, :n]
                 torch.matmul(g[s:e], v[b].t(), out=dWb)
-                if dropout_p > 0:
-                    drop = dropout_drop_mask((n, Lk), dropout_p, seed + b * nblocks + i, Wb.device)
-                    Wb.masked_fill_(drop, 0.0)
-                    dWb.masked_fill_(drop, 0.0)
+                if dropout_p > 0 and not mixture_dropout:
+                    # Pt = M * P in T; W from Pt. P itself stays unmasked for dS below.
+                    torch.mul(P, ~_block_mask(N, n, Lk, dropout_p, seed, b * nblocks + i, P.device), out=Tb)
+                    torch.matmul(pib, Tb.reshape(N, -1), out=Wb.view(1, -1))
+                    Tb.mul_(dWb)
+                else:
+                    torch.matmul(pib, P.view(N, -1), out=Wb.view(1, -1))
+                    if dropout_p > 0:
+                        drop = _block_mask(1, n, Lk, dropout_p, seed, b * nblocks + i, Wb.device)[0]
+                        Wb.masked_fill_(drop, 0.0)
+                        dWb.masked_fill_(drop, 0.0)
+                    torch.mul(P, dWb, out=Tb)
                 if low:
                     dv[b] += torch.mm(Wb.t(), g[s:e])
                 else:
                     dv[b].addmm_(Wb.t(), g[s:e])
-                # T_n = P_n * dW;  r_n = rowsum(T_n);  dS_n / pi_n = T_n - P_n * r_n
-                Tb = torch.mul(P, dWb, out=T[:, :n])
+                # T_n = Pt_n * dW;  r_n = rowsum(T_n);  dS_n / pi_n = T_n - P_n * r_n
                 r = Tb.sum(dim=-1, keepdim=True)
                 dpi[b] += r.sum(dim=(1, 2))
                 Tb.addcmul_(P, r, value=-1.0)
@@ -435,4 +465,9 @@ class _MoSBlockAttention(torch.autograd.Function):
         scale = pi.view(B, N, 1, 1)
         dq.mul_(scale)
         dk.mul_(scale)
-        return dq, dk.to(k.dtype), dv.to(v.dtype), dpi.to(pi.dtype), None, None, None
+        return dq, dk.to(k.dtype), dv.to(v.dtype), dpi.to(pi.dtype), None, None, None, None
+
+
+def _block_mask(num: int, rows: int, cols: int, p: float, seed: int, block: int, device: torch.device) -> Tensor:
+    """(num, rows, cols) drop mask of one query block, replayable: one draw per block and seed."""
+    return dropout_drop_mask((num * rows, cols), p, seed + block, device).view(num, rows, cols)

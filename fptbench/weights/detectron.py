@@ -33,9 +33,9 @@ Conventions that come with these weights:
 * **Bottleneck trunks only** (ResNet-50/101/152, ResNeXt-101): a basic-block trunk
   (ResNet-18/34) is an error. Detectron's MSRA ResNet-50/101 put the stride of a stage's first
   block in the 1x1 conv (``branch2a``); torchvision's ``Bottleneck`` puts it in the 3x3: the
-  tensors have the same shapes and load exactly, but the trunk computes a slightly different
-  function until fine-tuned; the report warns (ResNeXt, strided in the 3x3 in Detectron too,
-  does not get the warning).
+  tensors have the same shapes and load exactly; ``model.stride_in_1x1: true`` builds the trunk
+  with Detectron's placement (``modeling.backbone.place_stride_in_1x1``), and without it the
+  report warns (ResNeXt, strided in the 3x3 in Detectron too, does not get the warning).
 """
 
 from __future__ import annotations
@@ -217,8 +217,9 @@ def load_detectron_weights(model: nn.Module, path: PathLike) -> LoadReport:
     report.derived = [prefix + k for k in _set_affine_statistics(trunk)]
     report.warnings = [w for w in (pixel_warning(model, expected="caffe", source="Detectron weights"),
                                    norm_warning(trunk)) if w]
-    if getattr(trunk.layer1[0], "conv2", None) is not None and trunk.layer1[0].conv2.groups == 1:
+    first = trunk.layer2[0]
+    if getattr(first, "conv2", None) is not None and first.conv2.groups == 1 and first.conv1.stride == (1, 1):
         report.warnings.append("Detectron's ResNet-50/101 (MSRA) stride a stage's first block in its 1x1 conv; "
-                               "torchvision's Bottleneck strides in the 3x3: the weights load exactly, the "
-                               "features differ slightly until fine-tuned")
+                               "this trunk strides in the 3x3 (torchvision's Bottleneck): the weights load "
+                               "exactly but compute a different function; set model.stride_in_1x1: true")
     return report

@@ -172,18 +172,28 @@ def test_every_backbone_is_torchvisions(name):
 
 
 def test_lateral_input_resnet18():
-    # fpt.input: lateral [code] replaces the FPN by 1x1 laterals (with bias) of C2..C5, which
-    # for ResNet-18 have 64..512 channels; the model must build and detect.
+    # fpt.input: lateral [code] replaces the FPN by 1x1 laterals of C2..C5, which for
+    # ResNet-18 have 64..512 channels; the model must build and detect. With fpt.norm gn
+    # (the config's) each lateral is Conv1x1 without bias + GroupNorm(32), with none a plain
+    # conv with bias [code: FPT_a.py, FPT.__init__, lines 52-66].
+    plain = build_model(make_cfg("maskrcnn_r50_fpt", {**SMALL, "model.backbone": "resnet18", "fpt.input": "lateral",
+                                                      "fpt.norm": "none"})).backbone
+    assert [(c.in_channels, c.out_channels, c.bias is not None) for c in plain.laterals] == [
+        (64, 256, True),
+        (128, 256, True),
+        (256, 256, True),
+        (512, 256, True),
+    ]
     torch.manual_seed(0)
     cfg = make_cfg("maskrcnn_r50_fpt", {**SMALL, "model.backbone": "resnet18", "fpt.input": "lateral"})
     model = build_model(cfg)
     backbone = model.backbone
     assert isinstance(backbone, FPTBackbone) and backbone.fpn is None
-    assert [(c.in_channels, c.out_channels, c.bias is not None) for c in backbone.laterals] == [
-        (64, 256, True),
-        (128, 256, True),
-        (256, 256, True),
-        (512, 256, True),
+    assert [(c[0].in_channels, c[0].bias is None, type(c[1]).__name__, c[1].num_groups) for c in backbone.laterals] == [
+        (64, True, "GroupNorm", 32),
+        (128, True, "GroupNorm", 32),
+        (256, True, "GroupNorm", 32),
+        (512, True, "GroupNorm", 32),
     ]
     assert not any(k.startswith("fpn.") for k in backbone.state_dict())
 

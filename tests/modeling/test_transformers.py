@@ -66,7 +66,8 @@ def explicit_pi(mixture, k):
 def test_self_transformer_equation(kwargs):
     st = randomize(SelfTransformer(C, **kwargs))
     (x,) = maps((2, C, 7, 9))  # odd sizes
-    xkv = F.avg_pool2d(x, 3, 2, 1) if kwargs.get("pool_kv") else x
+    # [code] padding excluded from each average: sum over the window / cells inside the map
+    xkv = F.avg_pool2d(x, 3, 2, 1) / F.avg_pool2d(torch.ones_like(x), 3, 2, 1) if kwargs.get("pool_kv") else x
     q = st.query(x).flatten(2)
     k = (st.query if kwargs.get("shared_qk") else st.key)(xkv)
     v = st.value(xkv).flatten(2)
@@ -145,23 +146,33 @@ def test_fpt_modules_per_pair():
 
 
 def test_fpt_concatenation_order():
-    # [code]: ST, RT from each finer level, GT from each coarser level, then X. Make P3's fusion
-    # conv an identity on one block at a time and check which transformer comes out.
+    # [code] FPT_a.py, FPT.forward (lines 87-94): P5 = [ST, RT<-P4, RT<-P3, RT<-P2, X];
+    # P4 = [ST, RT<-P3, RT<-P2, GT<-P5, X]; P3 = [ST, RT<-P2, GT<-P4, GT<-P5, X];
+    # P2 = [ST, GT<-P3, GT<-P4, GT<-P5, X]. Make a level's fusion conv an identity on one block
+    # at a time and check which transformer comes out.
     fpt = randomize(FeaturePyramidTransformer(C, norm="none", gt_args=dict(inner_channels=16)))
-    feats = maps((1, C, 16, 20), (1, C, 8, 10), (1, C, 4, 5), (1, C, 2, 3))
-    expected = [
-        fpt.st["p3"](feats[1]),
-        fpt.rt["p3_from_p2"](feats[1], feats[0]),
-        fpt.gt["p3_from_p4"](feats[1], feats[2]),
-        fpt.gt["p3_from_p5"](feats[1], feats[3]),
-        feats[1],
-    ]
-    conv = fpt.fuse["p3"][0]
-    for i, want in enumerate(expected):
-        conv.weight.data.zero_()
-        conv.bias.data.zero_()
-        conv.weight.data[:, i * C : (i + 1) * C, 1, 1] = torch.eye(C, dtype=torch.float64)
-        torch.testing.assert_close(fpt(feats)[1], want)
+    feats = maps((2, C, 16, 20), (2, C, 8, 10), (2, C, 4, 5), (2, C, 2, 3))
+    order = {
+        3: ["st", ("rt", 2), ("rt", 1), ("rt", 0), "x"],
+        2: ["st", ("rt", 1), ("rt", 0), ("gt", 3), "x"],
+        1: ["st", ("rt", 0), ("gt", 2), ("gt", 3), "x"],
+        0: ["st", ("gt", 1), ("gt", 2), ("gt", 3), "x"],
+    }
+    for t, blocks in order.items():
+        name = f"p{t + 2}"
+        conv = fpt.fuse[name][0]
+        for i, block in enumerate(blocks):
+            if block == "st":
+                want = fpt.st[name](feats[t])
+            elif block == "x":
+                want = feats[t]
+            else:
+                kind, s = block
+                want = getattr(fpt, kind)[f"{name}_from_p{s + 2}"](feats[t], feats[s])
+            conv.weight.data.zero_()
+            conv.bias.data.zero_()
+            conv.weight.data[:, i * C : (i + 1) * C, 1, 1] = torch.eye(C, dtype=torch.float64)
+            torch.testing.assert_close(fpt(feats)[t], want, msg=f"{name} block {i}: {block}")
 
 
 def test_identity_fusion_starts_as_the_input_pyramid():

@@ -116,28 +116,69 @@ def test_blocks_bound_their_tiles_automatically():
     assert _block_rows(2, 10**9, 0) == 16  # huge key sets: the memory cap wins, still a block
 
 
-def test_dropout_is_on_mixed_weights_and_backward_replays_the_mask():
-    # blocks: one mask on W = sum_n pi_n A_n [code]; forward and backward must use the same mask,
-    # so the op is a deterministic function of its inputs for a fixed global seed.
+@pytest.mark.parametrize("dropout_on", ["softmax", "mixture"])
+def test_blocks_dropout_backward_replays_the_masks(dropout_on):
+    # Forward and backward must draw the same masks, so the op is a deterministic function of
+    # its inputs for a fixed global seed (gradcheck would fail otherwise).
     q, k, v, pi = make(1, 40, 30, 8, 2, 6, dtype=torch.float64)
 
     def f(q, k, v, pi):
         torch.manual_seed(123)
-        return mos_attention(q, k, v, pi, dropout_p=0.3, impl="blocks", block_size=16)
+        return mos_attention(q, k, v, pi, dropout_p=0.3, impl="blocks", block_size=16, dropout_on=dropout_on)
 
     assert torch.autograd.gradcheck(f, (q, k, v, pi), eps=1e-6, atol=1e-5)
-    # With v = identity the output is the mixed weights themselves: each is either dropped or
-    # scaled by 1 / (1 - p), with one mask shared by all mixture components.
-    eye = torch.eye(30, dtype=torch.float64).unsqueeze(0)
+
+
+def test_blocks_softmax_dropout_is_the_authors_per_component_masks():
+    """[code] self_trans.py MixtureOfSoftMax.forward: attn = dropout(softmax(q k^T / T)) per
+    component, then sum_n pi_n attn_n, then @ v. Rebuilt here with the masks the op draws
+    (replayed from its seed), compared in float64."""
+    from fptbench.ops.mos_attention import _block_mask
+
+    q, k, v, pi = make(2, 40, 30, 8, 2, 6, dtype=torch.float64)
     torch.manual_seed(7)
-    dropped = mos_attention(q, k, eye, pi, dropout_p=0.3, impl="blocks", block_size=16)
-    W = reference(q, k, eye, pi)
-    ratio = dropped / W
-    kept = ratio > 0.5
-    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], dropout_keep_scale(0.3)))
-    assert abs(dropout_keep_scale(0.3) - 1 / 0.7) < 1e-4  # p quantised to 1/65536
-    assert (ratio[~kept].abs() < 1e-12).all()
-    assert 0.6 < kept.double().mean().item() < 0.8
+    out = mos_attention(q, k, v, pi, dropout_p=0.3, impl="blocks", block_size=16)
+    torch.manual_seed(7)
+    seed = int(torch.randint(0, 2**62, (1,)).item())
+    N, d, Lq, Lk, rows = 2, 4, 40, 30, 16
+    nblocks = (Lq + rows - 1) // rows
+    expected = torch.empty(2, Lq, 6, dtype=torch.float64)
+    for b in range(2):
+        for i, s in enumerate(range(0, Lq, rows)):
+            e = min(s + rows, Lq)
+            keep = ~_block_mask(N, e - s, Lk, 0.3, seed, b * nblocks + i, q.device)
+            W = 0
+            for n in range(N):
+                A = torch.softmax(q[b, s:e, n * d : (n + 1) * d] @ k[b, :, n * d : (n + 1) * d].T / d**0.5, -1)
+                W = W + pi[b, n] * A * keep[n] * dropout_keep_scale(0.3)
+            expected[b, s:e] = W @ v[b]
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("impl, dropout_on", [("blocks", "softmax"), ("blocks", "mixture"), ("naive", "softmax"), ("naive", "mixture")])
+def test_dropout_kind_and_expectation_agree_across_impls(impl, dropout_on):
+    # Two identical components with pi = (1/2, 1/2): per-component masks leave a weight at 0,
+    # 1/2 or 1 of its kept value; one mask on the mixture only at 0 or 1. Every impl must show
+    # its mode's kind, and the mean over draws must be the dropout-free output.
+    g = torch.Generator().manual_seed(0)
+    q1, k1 = torch.randn(1, 6, 4, generator=g, dtype=torch.float64), torch.randn(1, 5, 4, generator=g, dtype=torch.float64)
+    q, k = torch.cat([q1, q1], -1), torch.cat([k1, k1], -1)
+    pi = torch.full((1, 2), 0.5, dtype=torch.float64)
+    eye = torch.eye(5, dtype=torch.float64).unsqueeze(0)
+    clean = mos_attention(q, k, eye, pi, impl="naive")
+    torch.manual_seed(1)
+    draws = torch.stack([mos_attention(q, k, eye, pi, dropout_p=0.5, impl=impl, dropout_on=dropout_on) for _ in range(800)])
+    ratio = (draws / (clean * 2.0)).round(decimals=6)  # kept weights are scaled by 1 / (1 - p) = 2
+    halves = ((ratio - 0.5).abs() < 1e-6).any().item()
+    assert halves == (dropout_on == "softmax")
+    assert set(ratio.unique().tolist()) <= {0.0, 0.5, 1.0}
+    torch.testing.assert_close(draws.mean(0), clean, atol=0.1 * clean.max().item(), rtol=0)
+
+
+def test_mixture_dropout_with_sdpa_is_refused():
+    q, k, v, pi = make(1, 10, 10, 8, 2, 8)
+    with pytest.raises(ValueError, match="dropout_on 'mixture' needs impl 'blocks' or 'naive'"):
+        mos_attention(q, k, v, pi, dropout_p=0.1, impl="sdpa", dropout_on="mixture")
 
 
 def test_choose_impl():

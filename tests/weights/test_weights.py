@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -391,3 +392,60 @@ def test_report_summary_is_one_line():
                         fresh=[f"backbone.fpt.st.{i}.w" for i in range(4)], warnings=["x"])
     assert report.summary() == ("loaded 3 tensors from w.pth; 2 skipped (fc.*: 2); "
                                 "4 initialised fresh (backbone.fpt.*: 4); 1 warning")
+
+
+def detectron_resnet50(x: torch.Tensor, blobs: dict[str, np.ndarray]) -> list[torch.Tensor]:
+    """C2..C5 of Detectron's MSRA ResNet-50, written from its definition (Detectron
+    ``modeling/ResNet.py``: ``add_ResNet_convX_body`` stem conv1 7x7/2 + AffineChannel + ReLU +
+    MaxPool 3x3/2 pad 1; ``add_stage`` of 3/4/6/3 ``bottleneck_transformation`` blocks with
+    ``STRIDE_1X1: True``, i.e. the stride of a stage's first block in ``branch2a`` (1x1), the
+    3x3 ``branch2b`` unstrided; ``branch1`` a strided 1x1 projection on the first block; every
+    BN an AffineChannel y = s * x + b), from the blobs alone."""
+
+    def t(name):
+        return torch.from_numpy(blobs[name])
+
+    def affine(y, name):
+        return y * t(f"{name}_s").view(1, -1, 1, 1) + t(f"{name}_b").view(1, -1, 1, 1)
+
+    y = F.relu(affine(F.conv2d(x, t("conv1_w"), stride=2, padding=3), "res_conv1_bn"))
+    y = F.max_pool2d(y, 3, stride=2, padding=1)
+    outs = []
+    for stage, (blocks, stride) in enumerate([(3, 1), (4, 2), (6, 2), (3, 2)], start=2):
+        for i in range(blocks):
+            p = f"res{stage}_{i}"
+            s = stride if i == 0 else 1
+            z = F.relu(affine(F.conv2d(y, t(f"{p}_branch2a_w"), stride=s), f"{p}_branch2a_bn"))
+            z = F.relu(affine(F.conv2d(z, t(f"{p}_branch2b_w"), padding=1), f"{p}_branch2b_bn"))
+            z = affine(F.conv2d(z, t(f"{p}_branch2c_w")), f"{p}_branch2c_bn")
+            short = affine(F.conv2d(y, t(f"{p}_branch1_w"), stride=s), f"{p}_branch1_bn") if i == 0 else y
+            y = F.relu(z + short)
+        outs.append(y)
+    return outs
+
+
+def test_stride_in_1x1_computes_the_detectron_trunk(tmp_path):
+    """model.stride_in_1x1 [code]: a converted MSRA trunk computes what Detectron computed;
+    with torchvision's placement (the default) the same weights compute something else."""
+    # torchvision's own initialisation keeps activations finite through 16 un-normalised blocks
+    # (the module fixture's U(0.5, 1.5) weights overflow to inf, where everything is "close").
+    torch.manual_seed(1)
+    blobs = detectron_blobs(torchvision.models.resnet50(weights=None))
+    path = write_pkl(tmp_path / "R-50.pkl", {"blobs": blobs})
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(6))
+    expected = detectron_resnet50(x, blobs)
+    assert all(torch.isfinite(e).all() for e in expected)
+    for stride_in_1x1 in (True, False):
+        model = caffe_model(**{"model.stride_in_1x1": stride_in_1x1}).eval()
+        report = load_detectron_weights(model, path)
+        assert any("stride_in_1x1" in w for w in report.warnings) == (not stride_in_1x1)
+        with torch.no_grad():
+            got = list(model.backbone.body(x).values())
+        close = [torch.allclose(a, b, rtol=1e-4, atol=1e-4 * b.abs().max().item()) for a, b in zip(got, expected)]
+        assert close == [True, stride_in_1x1, stride_in_1x1, stride_in_1x1], (stride_in_1x1, close)
+
+
+def test_stride_in_1x1_refuses_trunks_without_a_strided_1x1():
+    for name in ("resnet18", "resnext101_32x8d"):
+        with pytest.raises(ValueError, match="model.stride_in_1x1"):
+            resnet_body(name=name, stride_in_1x1=True)
