@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from fptbench.errors import UsageError
 from fptbench.launch.cell import CellRunner, CellSpec
@@ -27,7 +27,7 @@ from fptbench.launch.state import SweepState
 from fptbench.launch.status import ACTIVE, CellStatus, cell_statuses, log_paths
 
 __all__ = ["EXECUTORS", "PlanItem", "plan_sweep", "run_sweep", "sweep_status", "cancel_sweep",
-           "format_plan", "format_status", "results_root"]
+           "format_plan", "format_status", "results_root", "visible_gpu_ids", "gpu_slots"]
 
 EXECUTORS = ("local", "slurm", "debug")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # [ours] submitit's local default is 2 min: a cell may take hours
@@ -95,6 +95,39 @@ def _submitit_folder(root: Path) -> Path:
     return root / ".submitit" / f"{stamp}-{os.getpid()}"
 
 
+def visible_gpu_ids(count: int, env: Mapping[str, str] | None = None) -> list[int]:
+    """The GPUs this process sees, as the ids its children's CUDA_VISIBLE_DEVICES must name them.
+
+    ``count`` is how many the process sees (``cuda_device_count()``). Without CUDA_VISIBLE_DEVICES
+    they are 0..count-1; with it, its first ``count`` entries (a child's CUDA_VISIBLE_DEVICES is
+    read against the machine, not against its parent's).
+
+    Raises:
+        UsageError: CUDA_VISIBLE_DEVICES names GPUs by UUID or MIG id (submitit's local executor
+            hands GPUs to a cell by index only).
+    """
+    env = os.environ if env is None else env
+    if count < 1:
+        return []
+    visible = env.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return list(range(count))
+    ids = [entry.strip() for entry in visible.split(",") if entry.strip()][:count]
+    if not all(entry.isdigit() for entry in ids):
+        raise UsageError(f"CUDA_VISIBLE_DEVICES={visible}: the local executor shares GPUs among cells by "
+                         f"index only; name them by index (e.g. 0,1)")
+    return [int(entry) for entry in ids]
+
+
+def gpu_slots(gpu_ids: Sequence[int], world_size: int, jobs: int) -> list[list[int]]:
+    """The GPUs of each of the ``jobs`` cells that run at once, ``world_size`` per cell: round
+    robin over ``gpu_ids``, so concurrent cells get distinct GPUs while there are enough (and share
+    them, evenly, when there are not). No GPUs: every cell gets none (it runs on the CPU)."""
+    if not gpu_ids:
+        return [[] for _ in range(jobs)]
+    return [[gpu_ids[(slot * world_size + j) % len(gpu_ids)] for j in range(world_size)] for slot in range(jobs)]
+
+
 def _executor(kind: str, folder: Path, matrix: Any, cluster: ClusterProfile | None):
     import submitit
 
@@ -107,11 +140,9 @@ def _executor(kind: str, folder: Path, matrix: Any, cluster: ClusterProfile | No
         return executor
     if kind == "debug":
         return submitit.DebugExecutor(folder=folder)
-    from fptbench.engine.distributed import cuda_available
-
     executor = submitit.LocalExecutor(folder=folder)
-    gpus = matrix.world_size if cuda_available() else 0
-    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=matrix.world_size, gpus_per_node=gpus)
+    # GPUs are given per cell (_run_here: gpu_slots); none here means CUDA_VISIBLE_DEVICES="".
+    executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=matrix.world_size, gpus_per_node=0)
     return executor
 
 
@@ -194,6 +225,7 @@ def run_sweep(
         echo(f"sweep {matrix.name}: nothing to submit; " + _count_line(statuses))
         return SweepOutcome(plan, [], statuses, time.monotonic() - started)
 
+    gpu_ids = _local_gpus(matrix, todo, executor, jobs, echo)
     root.mkdir(parents=True, exist_ok=True)
     folder = _submitit_folder(root)
     max_requeues = (cluster or ClusterProfile()).max_requeues
@@ -216,7 +248,8 @@ def run_sweep(
             if wait:
                 _wait_slurm(matrix, root, state, submitted, progress)
         else:
-            _run_here(ex, executor, runner, specs, state, folder, jobs, progress, submitted)
+            _run_here(ex, executor, runner, specs, state, folder, jobs, progress, submitted,
+                      gpu_slots(gpu_ids, matrix.world_size, jobs))
     except KeyboardInterrupt:
         if executor == "slurm":  # Ctrl-C stops the waiting, not the cluster's jobs
             echo(f"sweep {matrix.name}: stopped waiting; the SLURM jobs go on (`fptbench status {matrix.name}`, "
@@ -235,19 +268,58 @@ def run_sweep(
     return outcome
 
 
+def _local_gpus(matrix: Any, todo: Sequence[PlanItem], executor: str, jobs: int,
+                echo: Callable[[str], None]) -> list[int]:
+    """The GPUs the local executor shares among its cells ([] for the CPU, and for the others).
+
+    Refuses, in one line, what could only fail in the cells: a cell with ``device: cuda`` where
+    no CUDA device is usable, and more ranks per cell than GPUs (NCCL needs one per rank).
+    """
+    if executor not in ("local", "debug"):
+        return []
+    from fptbench.engine.distributed import cuda_device_count  # the engine's answer: no torch here
+
+    count = cuda_device_count()
+    where = _display_path(matrix.path)
+    wants_cuda = [item.cell.run_id for item in todo if item.cell.config["device"] == "cuda"]
+    if wants_cuda and count == 0:
+        raise UsageError(f"{where}: cell {wants_cuda[0]} has device: cuda, but no CUDA device is usable here "
+                         f"(device: auto or cpu runs it on the CPU)")
+    if executor == "debug" or count == 0 or all(item.cell.config["device"] == "cpu" for item in todo):
+        return []
+    ids = visible_gpu_ids(count)
+    if matrix.world_size > len(ids):
+        raise UsageError(f"{where}: world_size {matrix.world_size} per cell, but {len(ids)} GPU(s) visible: "
+                         f"NCCL needs one GPU per rank (--set device cpu trains on the CPU with gloo)")
+    if min(jobs, len(todo)) * matrix.world_size > len(ids):
+        echo(f"sweep {matrix.name}: {min(jobs, len(todo))} cells x {matrix.world_size} GPU(s) at once on "
+             f"{len(ids)} visible GPU(s): some cells share a GPU")
+    return ids
+
+
 def _run_here(ex, executor: str, runner: CellRunner, specs: dict[str, CellSpec], state: SweepState,
-              folder: Path, jobs: int, progress: bool, submitted: list[str]) -> None:
-    """Local and debug executors: at most ``jobs`` cells at a time, waiting for all of them."""
+              folder: Path, jobs: int, progress: bool, submitted: list[str], slots: list[list[int]]) -> None:
+    """Local and debug executors: at most ``jobs`` cells at a time, waiting for all of them.
+
+    ``slots[k]``: the GPUs of the k-th of the cells running at once (:func:`gpu_slots`); a cell
+    takes a free slot when it starts and gives it back when it ends, so that concurrent cells
+    never share a GPU while there are enough of them. A cell with none sees no GPU.
+    """
     from tqdm import tqdm
 
     queue = list(specs)
     running: dict[str, Any] = {}
+    slot_of: dict[str, int] = {}
+    free = list(range(jobs))
     bar = tqdm(total=len(queue), desc=f"sweep {next(iter(specs.values())).experiment}", unit="cell",
                disable=not progress, dynamic_ncols=True)
     try:
         while queue or running:
             while queue and len(running) < jobs:
                 rid = queue.pop(0)
+                slot = free.pop(0)
+                if executor == "local" and slots[slot]:
+                    ex.update_parameters(gpus_per_node=len(slots[slot]), visible_gpus=tuple(slots[slot]))
                 job = ex.submit(runner, specs[rid])
                 state.record_submission(rid, executor=executor, job_id=job.job_id, folder=str(folder))
                 state.save()
@@ -258,14 +330,17 @@ def _run_here(ex, executor: str, runner: CellRunner, specs: dict[str, CellSpec],
                     except Exception:  # noqa: BLE001 - the cell wrote error.json; status reports it
                         pass
                     bar.update(1)
+                    free.append(slot)
                     continue
                 running[rid] = job
+                slot_of[rid] = slot
             if not running:
                 continue
             time.sleep(1.0)
             for rid, job in list(running.items()):
                 if job.done():
                     del running[rid]
+                    free.append(slot_of.pop(rid))
                     bar.update(1)
             shown = [f"{rid} {_cell_progress(state.cells[rid])}".strip() for rid in running]
             bar.set_postfix_str("; ".join(shown), refresh=True)

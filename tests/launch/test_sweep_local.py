@@ -86,6 +86,7 @@ def test_report_builds_from_the_sweeps_records(local_sweep):
     (("sweep", "tiny", "--executor", "slurm"), "--executor slurm needs --cluster"),
     (("sweep", "tiny", "--cluster", "slurm/nope.yaml", "--executor", "slurm"), "slurm/nope.yaml: cluster profile not found"),
     (("sweep", "tiny", "--jobs", "0"), "--jobs: expected at least 1"),
+    (("sweep", "tiny", "--set", "device", "cuda"), "has device: cuda, but no CUDA device is usable here"),
     (("report", "tiny", "--format", "html"), "--format: expected a comma-separated list"),
 ])
 def test_bad_input_is_one_line_exit_2(local_sweep, args, fragment):
