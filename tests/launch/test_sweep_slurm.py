@@ -130,3 +130,19 @@ def test_a_two_task_cell_runs_ddp_across_srun_tasks(slurm_sweep, tmp_path):
     # the mismatch between a matrix's world size and a profile's tasks is refused before submitting
     wrong = fptbench(work, "sweep", "tiny_bfp", "--executor", "slurm", "--cluster", str(profile), "--dry-run")
     assert wrong.returncode == 2 and "world_size 1 per cell" in wrong.stderr
+
+
+def test_a_cell_given_gpus_that_torch_cannot_use_fails_at_once_with_one_line(slurm_sweep, tmp_path):
+    """Issue #10: the dev cluster's fake GPUs are what a node whose driver is older than torch's
+    CUDA looks like to torch: SLURM allocated GPUs, CUDA is unusable. The cell must fail with one
+    line naming SLURM's variable, never train on the CPU."""
+    work, _ = slurm_sweep
+    profile = tmp_path / "gpu.yaml"
+    profile.write_text((REPO_ROOT / "slurm" / "dev.yaml").read_text().replace("gpus_per_node: 0", "gpus_per_node: 1"))
+    result = fptbench(work, "sweep", "tiny_bfp", "--executor", "slurm", "--cluster", str(profile),
+                      "--results", "results-gpu", "--wait")
+    assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+    (error,) = (work / "results-gpu" / "tiny_bfp").glob("*/error.json")
+    message = json.loads(error.read_text())["error"]
+    assert message.startswith("UsageError: SLURM_") and "asks for CUDA, but torch" in message and "\n" not in message
+    assert not list((work / "results-gpu" / "tiny_bfp").glob("*/checkpoints/*.pth"))  # nothing trained
