@@ -33,7 +33,8 @@ PAPER = sorted(
     + [f"maskrcnn_x101_32x8d_{neck}" for neck in ("bfp", "fpt")]
 )
 SYNTH = ["synth_r18_bfp", "synth_r18_fpt"]  # the embedded dataset's configs (fptbench.data.synth)
-SHIPPED = sorted(PAPER + SYNTH)
+CODE = ["fasterrcnn_r50_fpt_code", "maskrcnn_r50_fpt_code"]  # the authors' FPT_a [code]
+SHIPPED = sorted(PAPER + SYNTH + CODE)
 TRUNKS = {"r50": "resnet50", "r101": "resnet101", "x101_32x8d": "resnext101_32x8d",
           "x101_64x4d": "resnext101_64x4d", "r18": "resnet18"}
 # Top-level names in schema order: scalars (seed, DEBUG) and sections.
@@ -135,7 +136,7 @@ def test_shipped_config_names():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_config_loads(name):
     cfg = load_config(name)
-    head, rest = name.split("_", 1)
+    head, rest = name.removesuffix("_code").split("_", 1)
     trunk, neck = rest.rsplit("_", 1)
     assert cfg["model"]["head"] == {"maskrcnn": "mask_rcnn", "fasterrcnn": "faster_rcnn", "synth": "mask_rcnn"}[head]
     assert cfg["model"]["backbone"] == TRUNKS[trunk]
@@ -426,3 +427,17 @@ def test_linear_gt_needs_the_global_dot_product():
     message = error_of("maskrcnn_r50_fpt", [("gt.normalizer", "linear"), ("gt.similarity", "dot"), ("gt.window", "5")])
     assert "gt.window=5" in message
     assert load_config("maskrcnn_r50_fpt", [("gt.normalizer", "linear"), ("gt.similarity", "dot")])["gt"]["normalizer"] == "linear"
+
+
+def test_code_presets_are_the_authors_fpt_a():
+    # Every [code] switch of issue #12 on, on top of the paper-exact config; the Faster R-CNN
+    # preset is the same neck under the box head.
+    paper, code = load_config("maskrcnn_r50_fpt"), load_config("maskrcnn_r50_fpt_code")
+    changed = {f"{s}.{k}": v for s in code if isinstance(code[s], dict) for k, v in code[s].items() if paper[s][k] != v}
+    assert changed == {
+        "fpt.input": "lateral", "st.pool_kv": True, "st.shared_qk": True, "st.mixture_input": "queries",
+        "gt.normalizer": "linear", "gt.similarity": "dot", "gt.out_bias": True, "rt.variant": "code",
+    }
+    faster = load_config("fasterrcnn_r50_fpt_code")
+    assert faster["model"]["head"] == "faster_rcnn"
+    assert {k: v for k, v in faster.items() if k != "model"} == {k: v for k, v in code.items() if k != "model"}

@@ -308,6 +308,7 @@ SHIPPED = {  # name: (cells, world_size, profile size, axes)
     "paper_ablation": (8, 8, [800, 1333], ("ablation", "seed")),
     "paper_backbones": (12, 8, [800, 1333], ("backbone", "head", "neck", "seed")),
     "paper_design": (9, 8, [800, 1333], ("design", "seed")),
+    "paper_vs_code": (10, 8, [800, 1333], ("variant", "seed")),
 }
 
 
@@ -355,6 +356,27 @@ def test_paper_design_changes_one_factor_per_cell():
         "adjacent": {("fpt", "pairs"): "adjacent"}, "lgt3": {("gt", "window"): 3},
         "lgt5": {("gt", "window"): 5}, "lgt7": {("gt", "window"): 7},
     }
+
+
+def test_paper_vs_code_code_cell_is_the_preset_and_others_change_one_difference():
+    # The `code` cell's neck copies the preset's [code] settings: pinned here, key by key.
+    matrix = load_matrix("paper_vs_code")
+    cells = {c.axes["variant"]: c.config for c in matrix.cells}
+    neck = ("fpt", "st", "gt", "rt", "attention")
+    preset = load_config("maskrcnn_r50_fpt_code")
+    assert {s: cells["code"][s] for s in neck} == {s: preset[s] for s in neck}
+    assert {s: cells["paper"][s] for s in neck} == {s: load_config("maskrcnn_r50_fpt")[s] for s in neck}
+    flat = lambda cfg: {(s, k): v for s, sec in cfg.items() if isinstance(sec, dict) for k, v in sec.items()}
+    ref = flat(cells["paper"])
+    code_diff = {k: v for k, v in flat(cells["code"]).items() if ref[k] != v}
+    for label, cfg in cells.items():
+        diff = {k: v for k, v in flat(cfg).items() if ref[k] != v}
+        if label in ("paper", "code", "bfp"):
+            continue
+        assert diff and diff.items() <= code_diff.items(), label  # one [code] difference, alone
+    singles = [k for label, cfg in cells.items() if label not in ("paper", "code", "bfp")
+               for k, v in flat(cfg).items() if ref[k] != v]
+    assert sorted(singles) == sorted(code_diff)  # and every difference has its cell
 
 
 def test_demo_is_cpu_sized_and_fpt_cells_start_as_bfp():
