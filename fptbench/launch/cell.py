@@ -26,6 +26,7 @@ from typing import Any
 
 import submitit
 
+from fptbench.launch.lock import CELL_LOCK, FolderLock, process_alive
 from fptbench.launch.state import ERROR_FILE, LAUNCH_FILE, RESULT_FILE, now_iso, read_json
 from fptbench.fileio import write_json_atomic
 
@@ -46,6 +47,7 @@ class CellSpec:
     profile: dict[str, Any]  # the matrix's {"size": [H, W], "runs", "warmup"}
     executor: str
     max_requeues: int  # ClusterProfile.max_requeues: requeues a cell may use before failing
+    owner: tuple[int, int | None] | None = None  # local: the sweep's (pid, start); the cell stops if it ends
 
 
 def _job_id() -> str:
@@ -64,6 +66,30 @@ def _rank() -> tuple[int, int]:
     return env.global_rank, env.num_tasks
 
 
+_OWNER_POLL_S = 1.0
+_OWNER_GRACE_S = 20.0  # after the interrupt, how long the cell may take to stop before it is ended
+
+
+def _stop_with_owner(owner: tuple[int, int | None]) -> None:
+    """Stop this cell when the local sweep that started it ends (killed, even by SIGKILL, which it
+    cannot pass on): a watcher thread interrupts the main thread as Ctrl-C would, then ends the
+    process if it has not stopped within a grace period. The checkpoints stay; the next sweep
+    resumes the cell. Without it a killed sweep's cells run on as orphans beside the next sweep's."""
+    import _thread
+    import threading
+    import time
+
+    def watch() -> None:
+        while process_alive(*owner):
+            time.sleep(_OWNER_POLL_S)
+        print(f"[fptbench] the sweep (pid {owner[0]}) has ended: stopping this cell", flush=True)
+        _thread.interrupt_main()
+        time.sleep(_OWNER_GRACE_S)
+        os._exit(143)
+
+    threading.Thread(target=watch, name="fptbench-owner", daemon=True).start()
+
+
 class CellRunner(submitit.helpers.Checkpointable):
     """The callable submitted for every cell. Stateless: all it needs is in the spec and on disk."""
 
@@ -71,7 +97,13 @@ class CellRunner(submitit.helpers.Checkpointable):
         os.chdir(spec.workdir)
         run_dir = Path(spec.run_dir)
         rank, tasks = _rank()
+        if spec.owner is not None:
+            _stop_with_owner(spec.owner)
+        lock = FolderLock(run_dir, CELL_LOCK, what=f"cell {spec.run_id} ({spec.executor} job {_job_id()})")
         if rank == 0:
+            # One process per run folder: a second one (two sweeps, a stale job) fails here before
+            # it writes anything, and leaves the folder to the one that runs.
+            lock.acquire(hint="this cell already runs elsewhere")
             launch = self._start_attempt(spec, run_dir)
         try:
             if tasks > 1:
@@ -110,6 +142,7 @@ class CellRunner(submitit.helpers.Checkpointable):
             from fptbench.engine.distributed import close_distributed
 
             close_distributed()
+            lock.release()
 
     def checkpoint(self, spec: CellSpec) -> submitit.helpers.DelayedSubmission | None:
         """Called by submitit on rank 0 at preemption or time limit: requeue unless the cell has

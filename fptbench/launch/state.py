@@ -26,7 +26,7 @@ from fptbench.records import RESULT_FILE
 
 __all__ = [
     "COMPLETE_KEYS", "STATE_FILE", "LAUNCH_FILE", "ERROR_FILE", "RESULT_FILE",
-    "now_iso", "read_json", "is_complete", "read_complete_record", "SweepState",
+    "now_iso", "read_json", "json_problem", "is_complete", "read_complete_record", "SweepState",
 ]
 
 LAUNCH_FILE = "launch.json"
@@ -46,9 +46,28 @@ def read_json(path: Path) -> dict[str, Any] | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def json_problem(path: Path) -> str:
+    """Why ``path`` exists but holds no JSON object ('' when it is absent or fine): a truncated or
+    corrupt file, which every write here avoids (temp file + rename), so a disk fault or a hand."""
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        return ""
+    except IsADirectoryError:
+        return "a folder, not a file"
+    except OSError as err:
+        return f"unreadable ({err.strerror or err})"
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    return "" if isinstance(data, dict) else f"a JSON {type(data).__name__}, not an object"
 
 
 def is_complete(record: dict[str, Any] | None) -> bool:
@@ -59,6 +78,29 @@ def is_complete(record: dict[str, Any] | None) -> bool:
 def read_complete_record(run_dir: Path) -> dict[str, Any] | None:
     record = read_json(run_dir / RESULT_FILE)
     return record if is_complete(record) else None
+
+
+_EXECUTORS = ("local", "slurm", "debug")  # fptbench.launch.sweep.EXECUTORS (pinned by a test)
+
+
+def _entry_problem(entry: Any) -> str:
+    """What is wrong with one cell's entry of sweep.json (hand-edited?), or '' if nothing."""
+    if not isinstance(entry, dict):
+        return f"expected an object, got {type(entry).__name__}"
+    if entry.get("executor") not in _EXECUTORS:
+        return f"executor: expected one of {', '.join(_EXECUTORS)}, got {entry.get('executor')!r}"
+    for key in ("job_id", "folder"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            return f"{key}: expected a non-empty string, got {entry.get(key)!r}"
+    if entry["executor"] == "local" and not entry["job_id"].isdigit():
+        return f"job_id: a local job id is a process id, got {entry['job_id']!r}"
+    if not isinstance(entry.get("submitted", ""), str):
+        return f"submitted: expected an ISO time, got {entry['submitted']!r}"
+    for key in ("submissions", "pid_start"):
+        value = entry.get(key, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f"{key}: expected a non-negative integer, got {value!r}"
+    return ""
 
 
 class SweepState:
@@ -89,9 +131,15 @@ class SweepState:
                              "move it away to start the sweep's bookkeeping afresh")
         if data.get("experiment") not in (None, experiment):
             raise UsageError(f"{path}: belongs to experiment '{data.get('experiment')}', not '{experiment}'")
+        for run_id, entry in data["cells"].items():
+            problem = _entry_problem(entry)
+            if problem:
+                raise UsageError(f"{path}: cell '{run_id}': {problem}; fix the entry or delete it (a cell without "
+                                 f"one counts as never submitted; its finished record still counts)")
         return cls(root, experiment, data["cells"])
 
-    def record_submission(self, run_id: str, *, executor: str, job_id: str, folder: str) -> None:
+    def record_submission(self, run_id: str, *, executor: str, job_id: str, folder: str,
+                          pid_start: int | None = None) -> None:
         entry = self.cells.get(run_id, {})
         self.cells[run_id] = {
             "executor": executor,
@@ -100,6 +148,8 @@ class SweepState:
             "submitted": now_iso(),
             "submissions": int(entry.get("submissions", 0)) + 1,
         }
+        if pid_start is not None:  # local: the controller's start time, against PID reuse
+            self.cells[run_id]["pid_start"] = pid_start
 
     def save(self) -> Path:
         return write_json_atomic(self.path, {

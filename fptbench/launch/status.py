@@ -22,7 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable
 
-from fptbench.launch.state import ERROR_FILE, LAUNCH_FILE, SweepState, read_complete_record, read_json
+from fptbench.launch.lock import CELL_LOCK, is_locked, process_alive
+from fptbench.launch.state import (ERROR_FILE, LAUNCH_FILE, RESULT_FILE, SweepState, json_problem,
+                                   read_complete_record, read_json)
 
 __all__ = ["CellStatus", "cell_statuses", "ACTIVE", "log_paths"]
 
@@ -80,12 +82,10 @@ def _tail(path: Path, lines: int) -> list[str]:
     return [line for line in out if line][-lines:]
 
 
-def _local_alive(pid: str) -> bool:
-    try:
-        with open(f"/proc/{int(pid)}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
-    except (OSError, ValueError, IndexError):
-        return False
+def _local_alive(entry: dict[str, Any], run_dir: Path) -> bool:
+    """A local cell runs if its run folder is locked (the cell holds cell.lock while it runs) or its
+    controller process, named by PID and start time (a reused PID is another process), runs."""
+    return is_locked(run_dir / CELL_LOCK) or process_alive(entry["job_id"], entry.get("pid_start"))
 
 
 def _result_pickle_exists(entry: dict[str, Any]) -> bool:
@@ -140,8 +140,13 @@ def cell_statuses(cells: Iterable[Any], root: Path, state: SweepState, *, logs: 
 
 
 def _failed(status: CellStatus, entry: dict[str, Any], run_dir: Path, logs: int, default: str) -> None:
+    corrupt = json_problem(run_dir / RESULT_FILE)
     error = read_json(run_dir / ERROR_FILE)
-    if error is not None:
+    if corrupt:
+        status.state = "failed"
+        status.reason = (f"{run_dir / RESULT_FILE}: corrupt record ({corrupt}); --rerun-failed redoes what it "
+                         f"lacks from the run's checkpoints")
+    elif error is not None:
         status.state, status.reason = "failed", error.get("error", default)
         status.log_tail = [line for line in error.get("traceback", "").splitlines() if line.strip()][-logs:]
     else:
@@ -150,11 +155,12 @@ def _failed(status: CellStatus, entry: dict[str, Any], run_dir: Path, logs: int,
 
 
 def _local_status(status: CellStatus, entry: dict[str, Any], launch: dict | None, run_dir: Path, logs: int) -> None:
-    if entry["executor"] == "local" and _local_alive(entry["job_id"]):
+    if entry["executor"] == "local" and _local_alive(entry, run_dir):
         status.state = "running" if launch else "pending"
         status.elapsed_s = _seconds_between((launch or {}).get("last_started"))
         return
-    if read_json(run_dir / ERROR_FILE) is not None or _result_pickle_exists(entry):
+    if (read_json(run_dir / ERROR_FILE) is not None or _result_pickle_exists(entry)
+            or json_problem(run_dir / RESULT_FILE)):
         _failed(status, entry, run_dir, logs, "the job ended without a complete record")
     else:
         status.state, status.reason = "cancelled", "the process ended without a result (cancelled or killed)"

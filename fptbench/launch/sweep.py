@@ -10,9 +10,11 @@ cancelled or never-submitted one is (re)submitted and resumes from its checkpoin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 from fptbench.errors import UsageError
 from fptbench.launch.cell import CellRunner, CellSpec
 from fptbench.launch.cluster import ClusterProfile
+from fptbench.launch.lock import SWEEP_LOCK, FolderLock, process_alive, process_start
 from fptbench.launch.state import SweepState
 from fptbench.launch.status import ACTIVE, CellStatus, cell_statuses, log_paths
 
@@ -31,6 +34,7 @@ __all__ = ["EXECUTORS", "PlanItem", "plan_sweep", "run_sweep", "sweep_status", "
 
 EXECUTORS = ("local", "slurm", "debug")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # [ours] submitit's local default is 2 min: a cell may take hours
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 
 
 @dataclass
@@ -73,7 +77,8 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _spec(matrix: Any, cell: Any, root: Path, executor: str, max_requeues: int) -> CellSpec:
+def _spec(matrix: Any, cell: Any, root: Path, executor: str, max_requeues: int,
+          owner: tuple[int, int | None] | None = None) -> CellSpec:
     return CellSpec(
         experiment=matrix.name,
         matrix=_display_path(matrix.path),
@@ -85,6 +90,7 @@ def _spec(matrix: Any, cell: Any, root: Path, executor: str, max_requeues: int) 
         profile=dict(matrix.profile),
         executor=executor,
         max_requeues=max_requeues,
+        owner=owner,
     )
 
 
@@ -186,6 +192,7 @@ def run_sweep(
     rerun_failed: bool = False,
     jobs: int = 1,
     wait: bool | None = None,
+    wait_lock: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> SweepOutcome:
@@ -196,6 +203,11 @@ def run_sweep(
             (one job array with ``cluster``'s resources; returns once submitted unless ``wait``)
             or ``debug`` (in this process, one after the other; for pdb).
         wait: wait until every submitted cell has finished (default: True for local and debug).
+        wait_lock: another sweep holds the results folder: wait for it instead of failing.
+
+    Raises:
+        LockHeld: another sweep holds ``results/<experiment>`` (and not ``wait_lock``); the
+            message names it (pid, host, since, command).
     """
     if executor not in EXECUTORS:
         raise UsageError(f"--executor: expected one of {', '.join(EXECUTORS)}, got '{executor}'")
@@ -211,16 +223,63 @@ def run_sweep(
         raise UsageError(f"--jobs: expected at least 1, got {jobs}")
     started = time.monotonic()
     root = results_root(results, matrix)
+    if dry_run:  # reads only: no lock
+        state = SweepState.load(root, matrix.name)
+        statuses = cell_statuses(matrix.cells, root, state)
+        plan = plan_sweep(matrix.cells, statuses, rerun_failed=rerun_failed)
+        todo = [item for item in plan if item.submit]
+        echo(format_plan(plan, executor=executor))
+        if executor == "slurm" and todo:
+            params = " ".join(f"{k}={v}" for k, v in cluster.submitit_parameters().items())
+            arrays = -(-len(todo) // max_array_size())
+            echo(f"would submit {arrays} job array(s) of {len(todo)} cell(s) in all with {cluster.path}: {params}")
+        return SweepOutcome(plan, [], statuses, time.monotonic() - started)
+    # One sweep at a time per results folder, for its whole run: plan, submit, wait. The state is
+    # read under the lock, so a sweep that waited for another plans from what that one did.
+    lock = FolderLock(root, SWEEP_LOCK)
+    if wait_lock and not _lock_free(lock):
+        echo(f"sweep {matrix.name}: waiting for the lock on {root} ...")
+    lock.acquire(wait=wait_lock, hint="one sweep at a time per results folder; wait for it to end or "
+                                      "pass --wait-lock to queue behind it")
+    try:
+        with _sigterm_as_interrupt():
+            return _locked_sweep(matrix, root, executor, cluster, results, rerun_failed, jobs, wait, progress,
+                                 echo, started)
+    finally:
+        lock.release()
+
+
+def _lock_free(lock: FolderLock) -> bool:
+    from fptbench.launch.lock import is_locked
+
+    return not is_locked(lock.path)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (kill, a session's end, a scheduler) stops the sweep as Ctrl-C does: its local cells
+    are cancelled instead of left running as orphans. Only in the main thread (signals need it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _locked_sweep(matrix: Any, root: Path, executor: str, cluster: ClusterProfile | None, results: Any,
+                  rerun_failed: bool, jobs: int, wait: bool | None, progress: bool,
+                  echo: Callable[[str], None], started: float) -> SweepOutcome:
     state = SweepState.load(root, matrix.name)
     statuses = cell_statuses(matrix.cells, root, state)
     plan = plan_sweep(matrix.cells, statuses, rerun_failed=rerun_failed)
     todo = [item for item in plan if item.submit]
-    if dry_run:
-        echo(format_plan(plan, executor=executor))
-        if executor == "slurm" and todo:
-            params = " ".join(f"{k}={v}" for k, v in cluster.submitit_parameters().items())
-            echo(f"would submit 1 job array of {len(todo)} cell(s) with {cluster.path}: {params}")
-        return SweepOutcome(plan, [], statuses, time.monotonic() - started)
     if not todo:
         echo(f"sweep {matrix.name}: nothing to submit; " + _count_line(statuses))
         return SweepOutcome(plan, [], statuses, time.monotonic() - started)
@@ -229,25 +288,21 @@ def run_sweep(
     root.mkdir(parents=True, exist_ok=True)
     folder = _submitit_folder(root)
     max_requeues = (cluster or ClusterProfile()).max_requeues
-    specs = {item.cell.run_id: _spec(matrix, item.cell, root, executor, max_requeues) for item in todo}
+    # A local cell watches this process (pid + start time) and stops if the sweep is killed.
+    owner = (os.getpid(), process_start(os.getpid())) if executor == "local" else None
+    specs = {item.cell.run_id: _spec(matrix, item.cell, root, executor, max_requeues, owner) for item in todo}
     runner = CellRunner()
-    ex = _executor(executor, folder, matrix, cluster)
     wait = executor != "slurm" if wait is None else wait
     submitted: list[str] = []
     try:
         if executor == "slurm":
-            with ex.batch():
-                jobs_by_id = {rid: ex.submit(runner, spec) for rid, spec in specs.items()}
-            for rid, job in jobs_by_id.items():
-                state.record_submission(rid, executor="slurm", job_id=job.job_id, folder=str(folder))
-                submitted.append(rid)
-            state.save()
-            array = next(iter(jobs_by_id.values())).job_id.split("_")[0]
-            echo(f"sweep {matrix.name}: submitted {len(submitted)} cell(s) as SLURM job array {array} "
-                 f"({cluster.path}); logs in {folder}")
+            arrays = _submit_slurm(matrix, cluster, folder, runner, specs, state, submitted)
+            echo(f"sweep {matrix.name}: submitted {len(submitted)} cell(s) as SLURM job array(s) "
+                 f"{', '.join(arrays)} ({cluster.path}); logs in {folder}")
             if wait:
                 _wait_slurm(matrix, root, state, submitted, progress)
         else:
+            ex = _executor(executor, folder, matrix, cluster)
             _run_here(ex, executor, runner, specs, state, folder, jobs, progress, submitted,
                       gpu_slots(gpu_ids, matrix.world_size, jobs))
     except KeyboardInterrupt:
@@ -255,7 +310,7 @@ def run_sweep(
             echo(f"sweep {matrix.name}: stopped waiting; the SLURM jobs go on (`fptbench status {matrix.name}`, "
                  f"`fptbench cancel {matrix.name}`)")
             raise
-        cancelled = cancel_sweep(matrix, results=results, echo=lambda line: None)
+        cancelled = cancel_sweep(matrix, results=results, echo=lambda line: None, wait_s=30.0)
         echo(f"sweep {matrix.name}: interrupted; cancelled {cancelled} running cell(s); run the sweep again to resume")
         raise
     statuses = cell_statuses(matrix.cells, root, SweepState.load(root, matrix.name))
@@ -266,6 +321,43 @@ def run_sweep(
     echo(f"sweep {matrix.name}: submitted {len(submitted)} of {len(plan)} cells; {_count_line(statuses)} "
          f"in {outcome.seconds / 60:.1f} min -> {root}")
     return outcome
+
+
+def max_array_size() -> int:
+    """The scheduler's MaxArraySize (``scontrol show config``): a job array holds at most this many
+    tasks (indices 0 .. MaxArraySize - 1). SLURM's default, 1001, when scontrol does not say."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "MaxArraySize" and value.strip().isdigit():
+            return max(1, int(value.strip()))
+    return DEFAULT_MAX_ARRAY_SIZE
+
+
+def _submit_slurm(matrix: Any, cluster: ClusterProfile, folder: Path, runner: CellRunner,
+                  specs: dict[str, CellSpec], state: SweepState, submitted: list[str]) -> list[str]:
+    """Submit the cells as job arrays of at most MaxArraySize tasks each (SLURM refuses a larger
+    one); sweep.json is saved after each array, so a failure part-way loses no submitted job.
+    Returns the array ids."""
+    size = max_array_size()
+    rids = list(specs)
+    arrays = []
+    for first in range(0, len(rids), size):
+        chunk = rids[first:first + size]
+        ex = _executor("slurm", folder, matrix, cluster)  # a new one per array (slurm-notes: trap 8)
+        with ex.batch():
+            jobs_by_id = {rid: ex.submit(runner, specs[rid]) for rid in chunk}
+        for rid, job in jobs_by_id.items():
+            state.record_submission(rid, executor="slurm", job_id=job.job_id, folder=str(folder))
+            submitted.append(rid)
+        state.save()
+        arrays.append(next(iter(jobs_by_id.values())).job_id.split("_")[0])
+    return arrays
 
 
 def _local_gpus(matrix: Any, todo: Sequence[PlanItem], executor: str, jobs: int,
@@ -321,7 +413,10 @@ def _run_here(ex, executor: str, runner: CellRunner, specs: dict[str, CellSpec],
                 if executor == "local" and slots[slot]:
                     ex.update_parameters(gpus_per_node=len(slots[slot]), visible_gpus=tuple(slots[slot]))
                 job = ex.submit(runner, specs[rid])
-                state.record_submission(rid, executor=executor, job_id=job.job_id, folder=str(folder))
+                # a local job id is the controller's PID: with its start time it names one process
+                start = process_start(job.job_id) if executor == "local" else None
+                state.record_submission(rid, executor=executor, job_id=job.job_id, folder=str(folder),
+                                        pid_start=start)
                 state.save()
                 submitted.append(rid)
                 if executor == "debug":  # runs now, in this process
@@ -373,13 +468,16 @@ def sweep_status(matrix: Any, *, results: str | os.PathLike = "results", logs: i
     return cell_statuses(matrix.cells, root, SweepState.load(root, matrix.name), logs=logs)
 
 
-def cancel_sweep(matrix: Any, *, results: str | os.PathLike = "results", echo: Callable[[str], None] = print) -> int:
+def cancel_sweep(matrix: Any, *, results: str | os.PathLike = "results", echo: Callable[[str], None] = print,
+                 wait_s: float = 0.0) -> int:
     """Cancel the sweep's queued and running jobs (scancel through submitit; SIGINT to a local
-    job's controller, as submitit's LocalJob.cancel does). Returns how many cells were cancelled."""
+    job's controller, as submitit's LocalJob.cancel does, which stops its tasks). With ``wait_s``,
+    wait up to that long for the local ones to end. Returns how many cells were cancelled."""
     import submitit
 
     count = 0
     state = SweepState.load(results_root(results, matrix), matrix.name)
+    local: list[tuple[int, int | None]] = []
     for status in sweep_status(matrix, results=results, logs=0):
         if status.state not in ACTIVE:
             continue
@@ -387,12 +485,20 @@ def cancel_sweep(matrix: Any, *, results: str | os.PathLike = "results", echo: C
         if entry["executor"] == "slurm":
             submitit.SlurmJob(entry["folder"], entry["job_id"]).cancel(check=False)
         else:
+            pid, start = int(entry["job_id"]), entry.get("pid_start")
+            if not process_alive(pid, start):
+                continue  # ended, or the PID is another process's now: never signal that one
             try:
-                os.kill(int(entry["job_id"]), signal.SIGINT)
-            except (ProcessLookupError, ValueError):
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
                 continue
+            local.append((pid, start))
         count += 1
         echo(f"cancelled {status.run_id} ({entry['executor']} job {entry['job_id']}, {status.state})")
+    deadline = time.monotonic() + wait_s
+    while local and time.monotonic() < deadline:
+        local = [job for job in local if process_alive(*job)]
+        time.sleep(0.1)
     echo(f"cancel {matrix.name}: {count} cell(s) cancelled")
     return count
 
