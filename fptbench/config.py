@@ -38,6 +38,7 @@ __all__ = [
     "FPT_CHANNELS",
     "MIN_SIDE",
     "SCHEMA",
+    "SOURCE_TAGS",
     "ConfigError",
     "Key",
     "ProfileRequest",
@@ -48,6 +49,8 @@ __all__ = [
     "config_hash",
     "default_config",
     "describe",
+    "diff_configs",
+    "format_diff",
     "dump_config",
     "flat_defaults",
     "load_config",
@@ -55,6 +58,7 @@ __all__ = [
     "read_chain",
     "resolve_config",
     "sections",
+    "source_of",
     "unknown_key",
 ]
 
@@ -81,7 +85,9 @@ class Key:
     its elements; an int is accepted (and stored as float) where a float is expected; ``None`` is
     accepted only when ``nullable``. ``choices`` restricts a value (each element of a list) to a
     fixed set; ``min``/``max`` bound a number (each element), inclusive. ``doc`` is the one-line
-    meaning, with the unit.
+    meaning, with the unit. ``sources`` maps a value to where it comes from, ``"paper"``,
+    ``"code"`` (the authors' repository) or ``"ours"``, for the keys where the paper and the
+    authors' code differ (the doc's tags, as data: ``fptbench config A --diff B`` shows them).
     """
 
     default: Any
@@ -92,6 +98,11 @@ class Key:
     min: float | None = None
     max: float | None = None
     item: type | None = None
+    sources: Mapping[Any, str] | None = None
+
+
+SOURCE_TAGS = ("paper", "code", "ours")
+"""What a :attr:`Key.sources` value may say: the paper, the authors' code, or fptbench's choice."""
 
 
 # Mirrors fptbench.modeling.backbone.RESNETS (this module imports no torch); a test pins the two.
@@ -123,32 +134,32 @@ SCHEMA: dict[str, Key] = {
     "model.box_batch_size_per_image": Key(512, int, "RoIs sampled per image for the box (and mask) head losses (torchvision: 512)", min=1),
     "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
     "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
-    "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3)"),
+    "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3) [ours]", sources={True: "code", False: "ours"}),
     # fpt: which transformers the neck has and how their outputs are fused
     "fpt.st": Key(True, bool, "Self-Transformer on every level (non-local interaction within a level)"),
     "fpt.gt": Key(True, bool, "Grounding Transformer, top-down (fine queries, coarse keys/values)"),
     "fpt.rt": Key(True, bool, "Rendering Transformer, bottom-up (coarse queries, fine keys/values); st = gt = rt = false is plain BFP"),
-    "fpt.input": Key("fpn", str, "what FPT transforms: fpn = torchvision FPN outputs [ours], lateral = 1x1 laterals of C2..C5 [code]", choices=("fpn", "lateral")),
-    "fpt.pairs": Key("all", str, "GT/RT level pairs: all = every finer/coarser level [code], adjacent = neighbouring levels only", choices=("all", "adjacent")),
-    "fpt.fuse_init": Key("default", str, "fusion conv start: default = torch's init; identity = X_l passes through, transformer inputs at zero (the neck starts as BFP) [ours]", choices=("default", "identity")),
+    "fpt.input": Key("fpn", str, "what FPT transforms: fpn = torchvision FPN outputs [ours], lateral = 1x1 laterals of C2..C5 [code]", choices=("fpn", "lateral"), sources={"fpn": "ours", "lateral": "code"}),
+    "fpt.pairs": Key("all", str, "GT/RT level pairs: all = every finer/coarser level [code], adjacent = neighbouring levels only", choices=("all", "adjacent"), sources={"all": "code"}),
+    "fpt.fuse_init": Key("default", str, "fusion conv start: default = torch's init; identity = X_l passes through, transformer inputs at zero (the neck starts as BFP) [ours]", choices=("default", "identity"), sources={"identity": "ours"}),
     "fpt.norm": Key("gn", str, "normalisation after each level's 3x3 fusion conv", choices=("none", "bn", "gn")),
     # st: Self-Transformer
-    "st.normalizer": Key("mos", str, "mos = mixture of st.parts softmaxes [paper]; softmax = one softmax, st.parts then treated as 1", choices=("mos", "softmax")),
+    "st.normalizer": Key("mos", str, "mos = mixture of st.parts softmaxes [paper]; softmax = one softmax, st.parts then treated as 1", choices=("mos", "softmax"), sources={"mos": "paper"}),
     "st.parts": Key(2, int, "MoS channel parts N [paper: 2]; must divide the 256 pyramid channels (ignored with softmax)", min=1),
-    "st.pool_kv": Key(False, bool, "keys/values from a 3x3 stride-2 average pool of the level: 4x fewer positions [code]"),
-    "st.shared_qk": Key(False, bool, "one 1x1 conv computes both queries and keys [code]"),
-    "st.mixture_input": Key("keys", str, "what the MoS weights pi are computed from: keys = mean of k [paper, wording unconfirmed], queries = mean of the full-resolution q [code]", choices=("keys", "queries")),
+    "st.pool_kv": Key(False, bool, "keys/values from a 3x3 stride-2 average pool of the level: 4x fewer positions [code]; false = every position [paper]", sources={True: "code", False: "paper"}),
+    "st.shared_qk": Key(False, bool, "one 1x1 conv computes both queries and keys [code]; false = one conv each [paper]", sources={True: "code", False: "paper"}),
+    "st.mixture_input": Key("keys", str, "what the MoS weights pi are computed from: keys = mean of k [paper, wording unconfirmed], queries = mean of the full-resolution q [code]", choices=("keys", "queries"), sources={"keys": "paper", "queries": "code"}),
     "st.attn_dropout": Key(0.1, float, "dropout probability on the attention weights, training only [code]", min=0.0, max=1.0),
-    "st.dropout_on": Key("softmax", str, "softmax = each part's softmax before mixing, independent masks [code]; mixture = the mixed weights, one mask [ours] (attention.impl blocks or naive)", choices=("softmax", "mixture")),
+    "st.dropout_on": Key("softmax", str, "softmax = each part's softmax before mixing, independent masks [code]; mixture = the mixed weights, one mask [ours] (attention.impl blocks or naive)", choices=("softmax", "mixture"), sources={"softmax": "code", "mixture": "ours"}),
     # gt: Grounding Transformer
-    "gt.normalizer": Key("mos", str, "mos = mixture of gt.parts softmaxes [paper]; softmax = one softmax; linear = (q k^T / Lk) v, no softmax, as the authors' FPT_a builds it [code]; gt.parts is 1 unless mos", choices=("mos", "softmax", "linear")),
+    "gt.normalizer": Key("mos", str, "mos = mixture of gt.parts softmaxes [paper]; softmax = one softmax; linear = (q k^T / Lk) v, no softmax, as the authors' FPT_a builds it [code]; gt.parts is 1 unless mos", choices=("mos", "softmax", "linear"), sources={"mos": "paper", "linear": "code"}),
     "gt.parts": Key(4, int, "MoS channel parts N [paper: 4]; must divide gt.channels (ignored with softmax)", min=1),
-    "gt.similarity": Key("euclidean", str, "query-key score: euclidean = -||q - k||^2 [paper], dot = q . k", choices=("euclidean", "dot")),
+    "gt.similarity": Key("euclidean", str, "query-key score: euclidean = -||q - k||^2 [paper], dot = q . k [code]", choices=("euclidean", "dot"), sources={"euclidean": "paper", "dot": "code"}),
     "gt.channels": Key(128, int, "inner width of q, k and v, channels [code: 128]", min=1),
     "gt.window": Key(0, int, "0 = global GT; odd n >= 1 = locality-constrained GT over n x n coarse cells [paper]", min=0),
-    "gt.out_bias": Key(False, bool, "the output 1x1 conv (before the zero-initialised BN) has a bias, as the authors' W_z [code]; false [ours]"),
+    "gt.out_bias": Key(False, bool, "the output 1x1 conv (before the zero-initialised BN) has a bias, as the authors' W_z [code]; false [ours]", sources={True: "code", False: "ours"}),
     # rt: Rendering Transformer
-    "rt.variant": Key("paper", str, "paper = 3x3 conv after the GAP channel weighting [paper]; code = conv before it, 1x1 conv on the GAP vector [code]", choices=("paper", "code")),
+    "rt.variant": Key("paper", str, "paper = 3x3 conv after the GAP channel weighting [paper]; code = conv before it, 1x1 conv on the GAP vector [code]", choices=("paper", "code"), sources={"paper": "paper", "code": "code"}),
     # attention: how mixture attention is computed (results are equal up to rounding); the impl
     # choices mirror fptbench.ops.mos_attention.IMPLS (tests/test_config.py pins the two)
     "attention.impl": Key("auto", str, "sdpa = one fused attention call per part, blocks = query blocks with one V product, auto = pick per device and shape, naive = materialised scores (memory-quadratic baseline)", choices=("auto", "sdpa", "blocks", "naive")),
@@ -524,6 +535,37 @@ def _with_doc(line: str, doc: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# comparing two configs
+
+def source_of(key: str, value: Any) -> str | None:
+    """Where ``value`` of ``key`` comes from, ``"paper"``, ``"code"`` or ``"ours"``
+    (:attr:`Key.sources`); ``None`` where the schema does not say."""
+    spec = SCHEMA.get(key)
+    if spec is None or not spec.sources:
+        return None
+    for known, tag in spec.sources.items():
+        if type(known) is type(value) and known == value:  # True is not 1
+            return tag
+    return None
+
+
+def diff_configs(a: Mapping, b: Mapping) -> list[dict[str, Any]]:
+    """The keys where two resolved configs differ, in schema order.
+
+    Returns:
+        ``[{"key": "fpt.input", "values": [a's, b's], "sources": [tag or None, tag or None]}, ...]``,
+        each tag from :func:`source_of`.
+    """
+    flat_a, flat_b = _flatten(a, "config"), _flatten(b, "config")
+    out = []
+    for key in [k for k in SCHEMA if k in flat_a or k in flat_b]:
+        va, vb = flat_a.get(key), flat_b.get(key)
+        if va != vb or type(va) is not type(vb):
+            out.append({"key": key, "values": [va, vb], "sources": [source_of(key, va), source_of(key, vb)]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # profiling request
 
 @dataclass(frozen=True)
@@ -561,3 +603,16 @@ class ProfileRequest:
     def as_dict(self) -> dict[str, Any]:
         """``{"size": [H, W], "runs": int, "warmup": int}``: the plain data a matrix and a record hold."""
         return {"size": list(self.size), "runs": self.runs, "warmup": self.warmup}
+
+
+def format_diff(rows: list[dict[str, Any]], name_a: str, name_b: str) -> str:
+    """:func:`diff_configs` rows as an aligned text table: key, then each config's value (as YAML
+    writes it) followed by its source tag, ``lateral [code]``; one header line."""
+    def cell(value: Any, tag: str | None) -> str:
+        return _scalar(value) + (f" [{tag}]" if tag else "")
+
+    table = [("key", name_a, name_b)] + [(row["key"], cell(row["values"][0], row["sources"][0]),
+                                          cell(row["values"][1], row["sources"][1])) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(3)]
+    return "".join("  ".join(text.ljust(width) for text, width in zip(line, widths)).rstrip() + "\n"
+                   for line in table)
