@@ -17,6 +17,7 @@ ones::
       seed: [0, 1, 2]
     exclude:                       # an entry drops the cells that match all its axes
       - {ablation: st, seed: 2}
+    reference: {ablation: bfp}     # the report's design table: each row's delta against this one
 
 Overrides are applied in this order: ``set``, each axis value's overrides in axis order, then the
 caller's ``overrides`` (``--set``). Run ids are the cells' labels joined by ``-`` plus the first 8
@@ -65,10 +66,12 @@ from fptbench.yamlio import YAMLFileError, compose_yaml, construct, read_text
 
 __all__ = ["Cell", "Matrix", "MatrixError", "find_matrix", "load_matrix", "value_label"]
 
-TOP_KEYS = ("description", "base", "set", "world_size", "profile", "axes", "exclude")
+TOP_KEYS = ("description", "base", "set", "world_size", "profile", "axes", "exclude", "reference")
 PROFILE_KEYS = tuple(f.name for f in fields(ProfileRequest))
 RUN_ID_HASH = 8
 """Hex digits of the config hash that end a run id."""
+SEED_AXIS = "seed"
+"""The axis that only repeats a setting: the report pools it (a ``reference`` cannot name it)."""
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+]")
 
@@ -108,6 +111,7 @@ class Matrix:
     profile: dict
     axes: tuple[tuple[str, tuple], ...]
     cells: tuple[Cell, ...]
+    reference: dict = field(default_factory=dict)  # axis -> value of the row others are compared with
 
 
 @dataclass(frozen=True)
@@ -380,6 +384,30 @@ def _excludes(reader: _Reader, node: yaml.Node, axes: list[_Axis]) -> list[tuple
     return out
 
 
+def _reference(reader: _Reader, node: yaml.Node, axes: list[_Axis]) -> tuple[int, dict[str, Any]]:
+    """``reference: {axis: label or value}``: (its line, axis -> the entry's value)."""
+    names = [axis.name for axis in axes if axis.name != SEED_AXIS]
+    if not isinstance(node, yaml.MappingNode) or not node.value:
+        raise reader.error(node, f"reference must be a mapping axis -> label or value, e.g. "
+                                 f"{{{names[0] if names else 'variant'}: paper}}, got {describe(reader.value(node))}")
+    out: dict[str, Any] = {}
+    for name, key_node, value_node in reader.items(node, "reference"):
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = (f"did you mean '{close[0]}'?" if close else f"axes: {', '.join(names) or 'none'}"
+                    ) if name != SEED_AXIS else "seeds are pooled in a row; name the axes of the setting"
+            raise reader.error(key_node, f"reference: unknown axis '{name}'; {hint}")
+        axis = axes[[a.name for a in axes].index(name)]
+        want = reader.value(value_node)
+        entry = next((e for e in axis.entries if _same(want, e.value) or (isinstance(want, str) and want == e.label)),
+                     None)
+        if entry is None:
+            known = ", ".join(str(e.value) for e in axis.entries)
+            raise reader.error(value_node, f"reference: axis '{name}' has no label or value {want!r}; it has {known}")
+        out[name] = entry.value
+    return reader.line(node), out
+
+
 # ---------------------------------------------------------------------------------------------
 # expansion
 
@@ -506,6 +534,11 @@ def load_matrix(name_or_path: str | os.PathLike, overrides: Sequence[tuple[str, 
     extra = _as_matrix_error(apply_overrides, {}, list(overrides), reader.shown, refuse=refuse_axis)
 
     cells = _expand(reader, base_flat, fixed, fixed_line, axes, excludes, extra)
+    reference: dict[str, Any] = {}
+    if "reference" in top:
+        line, reference = _reference(reader, top["reference"][1], axes)
+        if not any(all(_same(cell.axes[a], v) for a, v in reference.items()) for cell in cells):
+            raise reader.error_at(line, "reference: the excludes drop every cell it names")
     return Matrix(
         name=path.stem,
         path=path.resolve(),
@@ -515,4 +548,5 @@ def load_matrix(name_or_path: str | os.PathLike, overrides: Sequence[tuple[str, 
         profile=profile.as_dict(),
         axes=tuple((axis.name, tuple(entry.value for entry in axis.entries)) for axis in axes),
         cells=cells,
+        reference=reference,
     )

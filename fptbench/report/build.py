@@ -105,7 +105,8 @@ def _index(experiment: str, layout: Layout, tables: list[Table], table_files: di
 
 def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
                  cells: list[dict] | None = None, formats: Sequence[str] = FORMATS,
-                 reference: str | Path | None = None) -> dict[str, Any]:
+                 reference: str | Path | None = None,
+                 compare_to: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the report of one experiment into ``out_dir``.
 
     Args:
@@ -119,6 +120,8 @@ def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
         formats: which table files to write, a subset of ``md``, ``csv``, ``latex``
             (index.md embeds the tables in any case).
         reference: the paper-values file (default ``<repo>/results/paper_reference.yaml``).
+        compare_to: the matrix's ``reference`` setting, axis -> label or value (e.g.
+            ``{"variant": "paper"}``): the design table adds each row's Δ against that row.
 
     Returns:
         ``{"index": Path, "tables": {name: markdown str}, "figures": [Path], "files": [Path]}``;
@@ -131,7 +134,7 @@ def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
     if not isinstance(records, Sequence) or isinstance(records, (str, bytes, Mapping)):
         raise UsageError("records: expected a list of run records")
     ref = load_reference(reference)
-    layout = collect_rows(list(records), None if cells is None else list(cells))
+    layout = collect_rows(list(records), None if cells is None else list(cells), compare_to)
     if not layout.rows:
         raise UsageError(f"{experiment}: no records and no cells to report")
     tables = build_tables(layout, ref)

@@ -166,6 +166,8 @@ class Layout:
         design_axes: axes whose change alone leaves neck, backbone and head as they are.
         changes: axis -> which of "neck", "backbone", "head" (and "same") changing it alone changes.
         left_out: run ids of records that are not cells of the matrix (only when cells are given).
+        compare_to: the matrix's ``reference`` setting, axis -> value ({} = none): the design
+            table's rows are compared with the row that has these values.
     """
 
     rows: list[Row]
@@ -175,6 +177,7 @@ class Layout:
     design_axes: list[str]
     changes: dict[str, set] = field(default_factory=dict)
     left_out: list[str] = field(default_factory=list)
+    compare_to: dict[str, Any] = field(default_factory=dict)
 
     @property
     def context_axes(self) -> list[str]:
@@ -193,6 +196,16 @@ class Layout:
         mine = where(row)
         return next((other for other in self.rows if other.neck == "BFP" and where(other) == mine), None)
 
+    def compared_row(self, row: Row) -> Row | None:
+        """The row with the ``compare_to`` values and, on every other varying axis, ``row``'s
+        (the first in matrix order); ``None`` without ``compare_to`` or where no such row exists."""
+        if not self.compare_to:
+            return None
+        others = [a for a in self.varying if a not in self.compare_to]
+        want = {**{a: _key(row.axes.get(a)) for a in others},
+                **{a: _key(v) for a, v in self.compare_to.items()}}
+        return next((r for r in self.rows if all(_key(r.axes.get(a)) == k for a, k in want.items())), None)
+
 
 def _key(value: Any) -> str:
     """A hashable, order-stable key for an axis value (lists and dicts included)."""
@@ -206,16 +219,19 @@ def _one_line(text: Any, limit: int = 120) -> str | None:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def collect_rows(records: Sequence[Mapping], cells: Sequence[Mapping] | None = None) -> Layout:
+def collect_rows(records: Sequence[Mapping], cells: Sequence[Mapping] | None = None,
+                 compare_to: Mapping[str, Any] | None = None) -> Layout:
     """Group ``records`` (and the expected ``cells``) into rows, one per non-seed axes combination.
 
     Args:
         records: complete run records, each with ``cell: {"run_id", "axes"}``.
         cells: every cell the matrix expects, ``{"run_id", "axes", "state"}`` (optional
             ``config``, ``error``); ``None``: the records are all there is.
+        compare_to: the matrix's ``reference`` setting, axis -> value (:attr:`Layout.compare_to`).
 
     Raises:
-        UsageError: a record without ``cell.run_id``/``cell.axes``, or two records of one run id.
+        UsageError: a record without ``cell.run_id``/``cell.axes``, two records of one run id, or
+            a ``compare_to`` that names an axis no row has or a value no row has.
     """
     units: list[dict] = []  # one per run: {"run_id", "axes", "record"|None, "state", "config", "error"}
     by_id: dict[str, dict] = {}
@@ -296,9 +312,21 @@ def collect_rows(records: Sequence[Mapping], cells: Sequence[Mapping] | None = N
     varying = [a for a in axes if len({_key(r.axes.get(a)) for r in rows.values()}) > 1]
     layout = Layout(rows=list(rows.values()), axes=axes, varying=varying,
                     variant_axes=[a for a in variant_axes if a in varying],
-                    design_axes=[a for a in design_axes if a in varying], changes=changes, left_out=left_out)
+                    design_axes=[a for a in design_axes if a in varying], changes=changes, left_out=left_out,
+                    compare_to=_compare_to(compare_to, axes, list(rows.values())))
     _label(layout)
     return layout
+
+
+def _compare_to(compare_to: Mapping[str, Any] | None, axes: list[str], rows: list[Row]) -> dict[str, Any]:
+    if not compare_to:
+        return {}
+    for axis, value in compare_to.items():
+        if axis not in axes:
+            raise UsageError(f"reference: {axis!r} is not an axis of the rows ({', '.join(axes) or 'none'})")
+        if not any(_key(r.axes.get(axis)) == _key(value) for r in rows):
+            raise UsageError(f"reference: no row has {axis}={value!r}")
+    return dict(compare_to)
 
 
 def _axis_changes(units: list[dict], axes: list[str]) -> dict[str, set]:

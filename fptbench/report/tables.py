@@ -216,31 +216,51 @@ def _ap_table(name: str, title: str, layout: Layout, rows: list[Row],
             if column not in means:
                 continue
             word = COLUMNS[column].header
-            diffs, pcts, cells, pct_cells = [], [], [], []
-            for i, row in enumerate(rows):
-                ref = bfp[i]
-                mine = means[column][i]
-                base = stats(values(ref, column))[0] if ref is not None else None
-                diff = None if mine is None or base is None else mine - base
-                pct = None if diff is None or not base else 100.0 * diff / base
-                diffs.append(diff)
-                pcts.append(pct)
-                if row.n == 0:
-                    cell, pct_cell = DASH, DASH
-                elif ref is row:
-                    cell = pct_cell = "ref" if mine is not None else NA
-                else:
-                    cell = NA if diff is None else f"{diff:+.1f}"
-                    pct_cell = NA if pct is None else f"{pct:+.1f}"
-                cells.append(cell)
-                pct_cells.append(pct_cell)
-            b.text(f"Δ {word}", cells, diffs, f"delta_{column}")
-            b.text(f"Δ {word} (%)", pct_cells, pcts, f"delta_pct_{column}")
+            _delta(b, rows, bfp, means[column], column, f"Δ {word}", f"delta_{column}", percent=True)
             b.reference(f"gain_pct_{column}", f"paper Δ {word} (%)",
                         [None if column.startswith("segm") and row.head == "faster_rcnn" else reference.gain(row.neck, column)
                          for row in rows], "delta")
+    versus = [layout.compared_row(row) for row in rows] if name == "design" else []
+    with_versus = any(r is not None for r in versus)
+    if with_versus:
+        for column in _DELTA_OF:
+            if column in means:
+                _delta(b, rows, versus, means[column], column, f"Δ {COLUMNS[column].header} vs ref",
+                       f"delta_ref_{column}", percent=False)
     b.notes += _ap_notes(layout, rows, with_delta, reference, name, any(f"paper_gain_pct_{c}" in b.data for c in _DELTA_OF))
+    if with_versus:
+        setting = ", ".join(f"{a}={_text(v)}" for a, v in layout.compare_to.items())
+        b.notes.insert(2 if with_delta else 1,
+                       f"Δ … vs ref: difference of the mean from the matrix's reference row ({setting}"
+                       + (" with the same other settings" if len(layout.varying) > len(layout.compare_to) else "")
+                       + "); ref = that row itself.")
     return b.table()
+
+
+def _delta(b: _Builder, rows: list[Row], refs: list[Row | None], mine: list[float | None], column: str,
+           header: str, data_name: str, *, percent: bool) -> None:
+    """A Δ column (and with ``percent`` a Δ (%) one): each row's mean minus its ``refs`` row's mean;
+    ``ref`` in the reference row itself, n/a where either mean is unknown."""
+    diffs, pcts, cells, pct_cells = [], [], [], []
+    for i, row in enumerate(rows):
+        ref = refs[i]
+        base = stats(values(ref, column))[0] if ref is not None else None
+        diff = None if mine[i] is None or base is None else mine[i] - base
+        pct = None if diff is None or not base else 100.0 * diff / base
+        diffs.append(diff)
+        pcts.append(pct)
+        if row.n == 0:
+            cell = pct_cell = DASH
+        elif ref is row:
+            cell = pct_cell = "ref" if mine[i] is not None else NA
+        else:
+            cell = NA if diff is None else f"{diff:+.1f}"
+            pct_cell = NA if pct is None else f"{pct:+.1f}"
+        cells.append(cell)
+        pct_cells.append(pct_cell)
+    b.text(header, cells, diffs, data_name)
+    if percent:
+        b.text(f"{header} (%)", pct_cells, pcts, data_name.replace("delta_", "delta_pct_", 1))
 
 
 def _context_words(layout: Layout) -> str:
