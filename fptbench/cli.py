@@ -10,6 +10,7 @@ Adding a subcommand: write ``_NAME_args(parser)`` and ``cmd_NAME(args) -> int`` 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,12 +31,31 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", metavar="NAME",
-                        help="config name in fptbench/configs (e.g. maskrcnn_r50_fpt) or a YAML path")
-    parser.add_argument("--set", dest="overrides", nargs=2, action="append", default=[],
-                        metavar=("KEY", "VALUE"),
-                        help="override a key, e.g. --set fpt.gt false (VALUE is read as YAML); repeatable")
+class _SetPairs(argparse.Action):
+    """``--set KEY VALUE [KEY VALUE ...]``, repeatable: ours (one pair per flag) and the seed's
+    (several pairs after one flag) alike; ``args.overrides`` is the list of (KEY, VALUE) pairs."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if len(values) % 2:
+            raise UsageError(f"argument --set: expected KEY VALUE pairs (--set K1 V1 [K2 V2 ...]), got "
+                             f"{len(values)} word(s): {' '.join(values)}; a VALUE is missing, or NAME "
+                             f"came after --set (give NAME first)")
+        pairs = list(getattr(namespace, self.dest) or [])
+        pairs += [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+        setattr(namespace, self.dest, pairs)
+
+
+def _set_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", dest="overrides", nargs="+", action=_SetPairs, default=[], metavar="KEY VALUE",
+                        help=f"{help}; VALUE is read as YAML; repeatable, and one --set may take several "
+                             f"pairs as the seed's does: --set K1 V1 K2 V2")
+
+
+def _add_config_args(parser: argparse.ArgumentParser, *, name_optional: bool = False) -> None:
+    parser.add_argument("name", metavar="NAME", nargs="?" if name_optional else None,
+                        help="config name in fptbench/configs (e.g. maskrcnn_r50_fpt) or a YAML path"
+                             + (" (or --cfg)" if name_optional else ""))
+    _set_arg(parser, "override a key, e.g. --set fpt.gt false")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -43,13 +63,36 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     _add_config_args(parser)
+    parser.add_argument("--diff", metavar="OTHER",
+                        help="instead of the YAML, list key by key where NAME (with --set) differs from the "
+                             "config OTHER: both values and where each comes from ([paper], [code] = the "
+                             "authors' repository, [ours])")
+    parser.add_argument("--json", action="store_true", help="with --diff: print the differences as JSON")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Print the resolved config as YAML, headed by a comment with its name and hash."""
+    """Print the resolved config as YAML, headed by a comment with its name and hash; with
+    ``--diff OTHER``, the keys where the two differ, with the source of each value."""
     cfg = load_config(args.name, [tuple(pair) for pair in args.overrides])
-    print(f"# config: {args.name}  hash: {config_hash(cfg)}")
-    print(dump_config(cfg), end="")
+    if args.diff is None:
+        if args.json:
+            raise UsageError("--json: only with --diff OTHER (the config itself is printed as YAML)")
+        print(f"# config: {args.name}  hash: {config_hash(cfg)}")
+        print(dump_config(cfg), end="")
+        return 0
+    from fptbench.config import diff_configs, format_diff
+
+    other = load_config(args.diff)
+    rows = diff_configs(cfg, other)
+    if args.json:
+        import json
+
+        print(json.dumps({"configs": [args.name, args.diff], "hashes": [config_hash(cfg), config_hash(other)],
+                          "differences": rows}, indent=2))
+        return 0
+    print(f"# config diff: {args.name} (hash {config_hash(cfg)}) vs {args.diff} (hash {config_hash(other)}): "
+          f"{len(rows)} key(s) differ")
+    print(format_diff(rows, args.name, args.diff), end="")
     return 0
 
 
@@ -126,24 +169,186 @@ def _data_root_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_config(args: argparse.Namespace) -> dict:
-    overrides = [tuple(pair) for pair in args.overrides]
+    overrides = [tuple(pair) for pair in args.overrides] + _seed_overrides(args)
     if getattr(args, "data_root", None):
         overrides.append(("data.root", args.data_root))
-    return load_config(args.name, overrides)
+    return load_config(_config_name(args), overrides)
+
+
+# The seed's command line (ZHANGDONG-NJUST/FPT tools/train_net_step.py and tools/test_net.py):
+# its flags, as aliases of ours, so that a user of the authors' repository can paste a command.
+SEED = "the seed's"
+SEED_CONFIGS = {  # the seed's Detectron configs -> the fptbench preset with the same neck
+    "e2e_fptnet_R-50_mask.yaml": "maskrcnn_r50_fpt_code",
+    "e2e_fptnet_R-50_det.yaml": "fasterrcnn_r50_fpt_code",
+    "e2e_fptnet_R-50_det_2fc.yaml": "fasterrcnn_r50_fpt_code",
+}
+SEED_DATASETS = {"coco2017": ("coco2017_train", "coco2017_val")}  # --dataset NAME -> data.train, data.test
+
+
+class _Refused(argparse.Action):
+    """A flag of the seed's that fptbench cannot honour: a one-line error that says so and why."""
+
+    def __init__(self, option_strings, dest, why: str = "", **kwargs):
+        self.why = why
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        raise UsageError(f"{option_string}: {SEED} flag, which fptbench cannot honour: {self.why}")
+
+
+def _seed_args(parser: argparse.ArgumentParser, command: str) -> None:
+    """The seed's flags that ours do not already spell (``--load_ckpt`` etc. are second names of
+    our own arguments, declared with them)."""
+    group = parser.add_argument_group(
+        f"{SEED} flags (ZHANGDONG-NJUST/FPT tools/{'train_net_step' if command == 'train' else 'test_net'}.py), "
+        "accepted as aliases; each says what it maps to")
+    group.add_argument("--cfg", dest="seed_cfg", metavar="NAME",
+                       help="= NAME (an fptbench config); the seed's own configs/e2e_fptnet_*.yaml are Detectron "
+                            "configs and are refused with the preset to use instead")
+    group.add_argument("--dataset", dest="seed_dataset", metavar="NAME",
+                       help="coco2017 = --set data.train coco2017_train data.test coco2017_val "
+                            "(keypoints_coco2017 is refused: no keypoint head)")
+    if command == "eval":
+        group.add_argument("--range", nargs=2, action=_Refused, metavar=("START", "END"),
+                           why="evaluation runs over the whole data.test split (use --set data.max_images N for a prefix)")
+        group.add_argument("--multi-gpu-testing", nargs=0, action=_Refused,
+                           why="run fptbench eval under torchrun --nproc_per_node N to evaluate on N GPUs")
+        group.add_argument("--vis", nargs=0, action=_Refused, why="draw detections with fptbench infer")
+        return
+    group.add_argument("--bs", dest="seed_bs", type=int, metavar="N",
+                       help="the seed's total batch, images per iteration over all processes: "
+                            "= --set train.images_per_device N/WORLD_SIZE (WORLD_SIZE from torchrun or srun; 1 "
+                            "alone); unlike the seed, train.base_lr and the schedule are not rescaled")
+    group.add_argument("--nw", dest="seed_nw", type=int, metavar="N",
+                       help="= --set data.num_workers N (data-loader workers per process)")
+    group.add_argument("--use_tfboard", dest="seed_tfboard", action="store_true",
+                       help="accepted, changes nothing: fptbench always logs to DIR/tensorboard (not with --no-save)")
+    group.add_argument("--disp_interval", dest="seed_disp", type=int, metavar="N",
+                       help="= --set train.log_period N")
+    group.add_argument("--lr", dest="seed_lr", type=float, metavar="LR", help="= --set train.base_lr LR")
+    group.add_argument("--lr_decay_gamma", dest="seed_gamma", type=float, metavar="G", help="= --set train.gamma G")
+    group.add_argument("--no_cuda", dest="seed_no_cuda", action="store_true", help="= --set device cpu")
+    group.add_argument("--o", dest="seed_optimizer", metavar="SGD",
+                       help="SGD only (fptbench trains with SGD); any other optimizer is refused")
+    group.add_argument("--iter_size", dest="seed_iter_size", type=int, metavar="1",
+                       help="1 only; fptbench has no gradient accumulation (raise --bs or use more GPUs)")
+    group.add_argument("--start_step", dest="seed_start_step", type=int, metavar="0",
+                       help="0 only; to continue a run, --load_ckpt PATH --resume")
+
+
+def _config_name(args: argparse.Namespace) -> str:
+    """NAME, or the seed's --cfg (one of the two)."""
+    cfg = getattr(args, "seed_cfg", None)
+    if cfg is not None and args.name is not None:
+        raise UsageError(f"--cfg {cfg}: give the config once, as NAME or as --cfg (got NAME {args.name} too)")
+    name = cfg if cfg is not None else args.name
+    if name is None:
+        raise UsageError("the following arguments are required: NAME (or --cfg NAME)")
+    preset = SEED_CONFIGS.get(Path(name).name)
+    if preset:
+        raise UsageError(f"--cfg {name}: {SEED} Detectron config cannot be read; use the fptbench preset with its "
+                         f"neck, {preset} (torchvision's heads; the authors' schedule: experiments/paper_vs_code.yaml)")
+    return name
+
+
+def _world_size() -> int:
+    # What engine.distributed.init_distributed will see: torchrun's WORLD_SIZE, else an srun step's task count.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["WORLD_SIZE"])
+    if "SLURM_PROCID" in os.environ:
+        return max(1, int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")))
+    return 1
+
+
+def _seed_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The seed's flags as (key, value) overrides, applied after --set (the seed's flags, too,
+    override its --set)."""
+    out: list[tuple[str, object]] = []
+    dataset = getattr(args, "seed_dataset", None)
+    if dataset is not None:
+        if dataset not in SEED_DATASETS:
+            why = "fptbench has no keypoint head" if dataset.startswith("keypoints") else "unknown dataset"
+            raise UsageError(f"--dataset {dataset}: {why}; {SEED} --dataset takes "
+                             f"{', '.join(SEED_DATASETS)} here (other splits: --set data.train/data.test NAME)")
+        train_split, test_split = SEED_DATASETS[dataset]
+        out += [("data.test", test_split)] if args.command == "eval" else [("data.train", train_split),
+                                                                            ("data.test", test_split)]
+    if args.command != "train":
+        return out
+    if args.seed_bs is not None:
+        world = _world_size()
+        if args.seed_bs < 1 or args.seed_bs % world:
+            raise UsageError(f"--bs {args.seed_bs}: the total batch must be a positive multiple of the "
+                             f"{world} process(es) (WORLD_SIZE)")
+        out.append(("train.images_per_device", args.seed_bs // world))
+    for value, key in ((args.seed_nw, "data.num_workers"), (args.seed_disp, "train.log_period"),
+                       (args.seed_lr, "train.base_lr"), (args.seed_gamma, "train.gamma")):
+        if value is not None:
+            out.append((key, value))
+    if args.seed_no_cuda:
+        out.append(("device", "cpu"))
+    refused = [
+        (args.seed_optimizer is not None and args.seed_optimizer.lower() != "sgd",
+         f"--o {args.seed_optimizer}", "fptbench trains with SGD only"),
+        (args.seed_iter_size not in (None, 1), f"--iter_size {args.seed_iter_size}",
+         "fptbench has no gradient accumulation; raise --bs or use more GPUs"),
+        (args.seed_start_step not in (None, 0), f"--start_step {args.seed_start_step}",
+         "a run starts at iteration 0 or where its checkpoint ends; use --load_ckpt PATH --resume"),
+    ]
+    for bad, flag, why in refused:
+        if bad:
+            raise UsageError(f"{flag}: {SEED} flag, which fptbench cannot honour: {why}")
+    return out
 
 
 def _train_args(parser: argparse.ArgumentParser) -> None:
-    _add_config_args(parser)
+    _add_config_args(parser, name_optional=True)
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="run folder: checkpoints/, tensorboard/, result.json")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from DIR/checkpoints/last.pth (exactly: same final weights)")
-    parser.add_argument("--load-ckpt", metavar="PATH",
-                        help="start from these weights (an fptbench checkpoint or a torchvision detection .pth)")
-    parser.add_argument("--load-detectron", metavar="PATH",
-                        help="ResNet trunk weights from a Detectron (caffe2) .pkl; use with --set model.pixel caffe")
-    parser.add_argument("--no-save", action="store_true", help="write no checkpoints or TensorBoard logs")
+                        help="continue from DIR/checkpoints/last.pth, or with --load-ckpt from that checkpoint "
+                             "(step count, optimizer, schedule, RNGs: the same final weights as a run never stopped)")
+    parser.add_argument("--load-ckpt", "--load_ckpt", dest="load_ckpt", metavar="PATH",
+                        help="start from these weights (an fptbench checkpoint or a torchvision detection .pth); "
+                             "with --resume, continue that fptbench checkpoint's run in DIR (the seed's "
+                             "--load_ckpt PATH --resume)")
+    parser.add_argument("--load-detectron", "--load_detectron", dest="load_detectron", metavar="PATH",
+                        help="ResNet trunk weights from a Detectron (caffe2) .pkl; use with --set model.pixel caffe "
+                             "and --set model.stride_in_1x1 true")
+    parser.add_argument("--no-save", "--no_save", dest="no_save", action="store_true",
+                        help="write no checkpoints or TensorBoard logs")
     _data_root_arg(parser)
+    _seed_args(parser, "train")
+
+
+def _place_for_resume(path: str, output: str) -> None:
+    """``--load_ckpt PATH --resume``: make PATH the checkpoint that ``train(resume=True)`` resumes
+    in OUTPUT (copied in as OUTPUT/checkpoints/last.pth), so the resume is our exact one."""
+    import filecmp
+    import shutil
+
+    from fptbench.engine.checkpoint import CHECKPOINT_DIR, LAST, find_last, load_checkpoint
+
+    flag = f"--load_ckpt {path} --resume"
+    try:
+        state = load_checkpoint(path)
+    except UsageError as err:
+        raise UsageError(f"{flag}: {err}") from None
+    if not state.get("optimizer"):
+        raise UsageError(f"{flag}: {path} holds no optimizer state, so there is nothing to resume; "
+                         f"without --resume it starts a new run from its weights")
+    last = find_last(output)
+    if last is not None:
+        if filecmp.cmp(last, path, shallow=False):
+            return  # already there (this or another rank placed it)
+        raise UsageError(f"{flag}: {last} already exists (iteration {load_checkpoint(last)['iteration']}); "
+                         f"continue it with --resume alone, or give another --output")
+    folder = Path(output) / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{LAST}.{os.getpid()}.tmp"  # one per rank: each rank's copy is whole when renamed
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, folder / LAST)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -151,17 +356,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _run_config(args)
     from fptbench.engine import train
 
-    train(cfg, args.output, resume=args.resume, load_ckpt=args.load_ckpt,
+    load_ckpt = args.load_ckpt
+    if args.resume and load_ckpt:
+        _place_for_resume(load_ckpt, args.output)
+        load_ckpt = None  # the resume restores the weights with everything else
+    train(cfg, args.output, resume=args.resume, load_ckpt=load_ckpt,
           load_detectron=args.load_detectron, save=not args.no_save)
     return 0
 
 
 def _eval_args(parser: argparse.ArgumentParser) -> None:
-    _add_config_args(parser)
-    parser.add_argument("--ckpt", required=True, metavar="PATH",
+    _add_config_args(parser, name_optional=True)
+    parser.add_argument("--ckpt", "--load_ckpt", dest="ckpt", required=True, metavar="PATH",
                         help="weights to evaluate: an fptbench checkpoint or a torchvision detection .pth")
-    parser.add_argument("--output", required=True, metavar="DIR", help="where result.json is written")
+    parser.add_argument("--output", "--output_dir", dest="output", required=True, metavar="DIR",
+                        help="where result.json is written")
+    parser.add_argument("--load_detectron", nargs=1, action=_Refused, metavar="PATH",
+                        why="a Detectron .pkl holds a trunk, not a detector; evaluate an fptbench or torchvision "
+                            "checkpoint with --ckpt")
     _data_root_arg(parser)
+    _seed_args(parser, "eval")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -274,8 +488,7 @@ def _sweep_args(parser: argparse.ArgumentParser) -> None:
                         help="local executor: cells running at once (default: 1; each uses every core)")
     parser.add_argument("--wait", action="store_true",
                         help="slurm executor: wait, showing progress, until every submitted cell has finished")
-    parser.add_argument("--set", dest="overrides", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="override a config key in every cell (changes their run ids); repeatable")
+    _set_arg(parser, "override a config key in every cell (changes their run ids)")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -337,7 +550,8 @@ def _report_experiment(matrix, *, results: str, out: str, formats: Sequence[str]
     cells = [{"run_id": s.run_id, "axes": s.axes, "state": s.state, "config": cell.config,
               **({"error": s.reason} if s.reason else {})}
              for s, cell in zip(statuses, matrix.cells)]
-    report = build_report(records, experiment=matrix.name, out_dir=out, cells=cells, formats=formats)
+    report = build_report(records, experiment=matrix.name, out_dir=out, cells=cells, formats=formats,
+                          compare_to=matrix.reference)
     print(f"report {matrix.name}: {len(records)} of {len(cells)} cells have records; "
           f"{len(report['tables'])} tables, {len(report['figures'])} figures -> {report['index']}")
     return report
@@ -354,6 +568,8 @@ def cmd_report(args: argparse.Namespace) -> int:
                                 formats=formats)
     if "ablation" in report["tables"]:
         print(report["tables"]["ablation"])
+    if matrix.reference and "design" in report["tables"]:  # its Δ against the matrix's reference row
+        print(report["tables"]["design"])
     return 0
 
 

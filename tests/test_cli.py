@@ -55,7 +55,6 @@ def test_bad_value_exits_2(run_cli):
     ((), "a command is required, one of: config, forward"),
     (("bogus",), "invalid choice: 'bogus'"),
     (("config",), "required: NAME"),
-    (("config", "maskrcnn_r50_fpt", "--set", "st.parts"), "argument --set: expected 2 arguments"),
     (("forward", "maskrcnn_r50_fpt", "--size", "0", "10"), "--size H W: each side must be at least 32 pixels"),
     (("forward", "maskrcnn_r50_fpt", "--size", "a", "b"), "argument --size: invalid int value: 'a'"),
     (("forward", "maskrcnn_r50_fpt", "--seed", "x"), "argument --seed: invalid int value: 'x'"),
@@ -124,3 +123,134 @@ def test_forward_smoke(run_cli, name):
     summary = result.stdout.splitlines()[-1]
     assert re.fullmatch(rf"forward {name}: 128x160 image, 5 levels, [\d.]+M params, {count} detections, "
                         r"[\d.]+ s forward \(build [\d.]+ s, \d+ threads\)", summary), summary
+
+
+# ---------------------------------------------------------------------------------------------
+# --set: ours (one pair per flag) and the seed's (several pairs after one flag)
+
+def test_set_takes_one_pair_per_flag_or_several_after_one(run_cli):
+    ours = run_cli("config", "maskrcnn_r50_fpt", "--set", "fpt.gt", "false", "--set", "st.parts", "4")
+    seeds = run_cli("config", "maskrcnn_r50_fpt", "--set", "fpt.gt", "false", "st.parts", "4")
+    mixed = run_cli("config", "maskrcnn_r50_fpt", "--set", "fpt.gt", "false", "st.parts", "8", "--set", "st.parts", "4")
+    assert ours.returncode == seeds.returncode == mixed.returncode == 0, seeds.stderr
+    assert ours.stdout == seeds.stdout == mixed.stdout  # later pairs win, in order
+    assert yaml.safe_load(seeds.stdout)["st"]["parts"] == 4
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("config", "maskrcnn_r50_fpt", "--set", "st.parts"), "got 1 word(s): st.parts; a VALUE is missing"),
+    (("config", "maskrcnn_r50_fpt", "--set", "st.parts", "4", "fpt.gt"), "got 3 word(s): st.parts 4 fpt.gt"),
+    (("config", "--set", "st.parts", "4", "maskrcnn_r50_fpt"), "NAME came after --set"),
+    (("sweep", "demo", "--dry-run", "--set", "train.max_iter"), "expected KEY VALUE pairs (--set K1 V1 [K2 V2 ...])"),
+])
+def test_odd_set_count_is_one_line_saying_what_was_expected(run_cli, args, fragment):
+    assert_usage_error(run_cli(*args), "argument --set: expected KEY VALUE pairs", fragment)
+
+
+# ---------------------------------------------------------------------------------------------
+# config --diff
+
+CODE_VS_PAPER = [  # fptbench config maskrcnn_r50_fpt_code --diff maskrcnn_r50_fpt: the neck, as issue #12 lists it
+    ["fpt.input", "lateral [code]", "fpn [ours]"],
+    ["st.pool_kv", "true [code]", "false [paper]"],
+    ["st.shared_qk", "true [code]", "false [paper]"],
+    ["st.mixture_input", "queries [code]", "keys [paper]"],
+    ["gt.normalizer", "linear [code]", "mos [paper]"],
+    ["gt.similarity", "dot [code]", "euclidean [paper]"],
+    ["gt.out_bias", "true [code]", "false [ours]"],
+    ["rt.variant", "code [code]", "paper [paper]"],
+]
+
+
+def test_config_diff_lists_the_eight_neck_differences_with_their_sources(run_cli):
+    result = run_cli("config", "maskrcnn_r50_fpt_code", "--diff", "maskrcnn_r50_fpt")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    head = (f"# config diff: maskrcnn_r50_fpt_code (hash {config_hash(load_config('maskrcnn_r50_fpt_code'))}) "
+            f"vs maskrcnn_r50_fpt (hash {config_hash(load_config('maskrcnn_r50_fpt'))}): 8 key(s) differ")
+    assert lines[0] == head
+    assert re.split(r"\s{2,}", lines[1]) == ["key", "maskrcnn_r50_fpt_code", "maskrcnn_r50_fpt"]
+    assert [re.split(r"\s{2,}", line) for line in lines[2:]] == CODE_VS_PAPER
+    # aligned: every value column starts where its header does
+    starts = [lines[1].index("maskrcnn_r50_fpt_code"), lines[1].index("maskrcnn_r50_fpt", 25)]
+    for line, (_, code, paper) in zip(lines[2:], CODE_VS_PAPER):
+        assert line.index(code) == starts[0] and line.index(paper) == starts[1], line
+
+
+def test_config_diff_json_applies_set_to_name_only(run_cli):
+    import json
+
+    result = run_cli("config", "maskrcnn_r50_fpt", "--set", "st.pool_kv", "true", "fpt.gt", "false",
+                     "--diff", "maskrcnn_r50_fpt", "--json")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["configs"] == ["maskrcnn_r50_fpt", "maskrcnn_r50_fpt"]
+    assert out["differences"] == [
+        {"key": "fpt.gt", "values": [False, True], "sources": [None, None]},
+        {"key": "st.pool_kv", "values": [True, False], "sources": ["code", "paper"]},
+    ]
+    same = run_cli("config", "maskrcnn_r50_fpt", "--diff", "maskrcnn_r50_fpt")
+    assert same.returncode == 0 and same.stdout.splitlines()[0].endswith(": 0 key(s) differ")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("config", "maskrcnn_r50_fpt", "--json"), "--json: only with --diff OTHER"),
+    (("config", "maskrcnn_r50_fpt", "--diff", "maskrcnn_r50_fptt"), "unknown config 'maskrcnn_r50_fptt'"),
+])
+def test_config_diff_mistakes_are_one_line(run_cli, args, fragment):
+    assert_usage_error(run_cli(*args), fragment)
+
+
+# ---------------------------------------------------------------------------------------------
+# the seed's flags: --help says what each maps to; what cannot be honoured is one line
+
+def test_help_names_what_each_seed_flag_maps_to(run_cli):
+    train = " ".join(run_cli("train", "--help").stdout.split())
+    for fragment in ("--load-ckpt PATH, --load_ckpt PATH", "--no-save, --no_save", "--load-detectron PATH, --load_detectron PATH",
+                     "--bs N the seed's total batch", "= --set train.images_per_device N/WORLD_SIZE",
+                     "--nw N = --set data.num_workers N", "--use_tfboard accepted, changes nothing",
+                     "--dataset NAME coco2017 = --set data.train coco2017_train data.test coco2017_val",
+                     "--disp_interval N = --set train.log_period N", "--lr LR = --set train.base_lr LR",
+                     "--lr_decay_gamma G = --set train.gamma G", "--no_cuda = --set device cpu",
+                     "--cfg NAME = NAME", "--load_ckpt PATH --resume"):
+        assert fragment in train, fragment
+    evaluate = " ".join(run_cli("eval", "--help").stdout.split())
+    for fragment in ("--ckpt PATH, --load_ckpt PATH", "--output DIR, --output_dir DIR", "--dataset NAME coco2017"):
+        assert fragment in evaluate, fragment
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("train", "--cfg", "configs/e2e_fptnet_R-50_mask.yaml", "--output", "x"),
+     "--cfg configs/e2e_fptnet_R-50_mask.yaml: the seed's Detectron config cannot be read; use the fptbench "
+     "preset with its neck, maskrcnn_r50_fpt_code"),
+    (("train", "synth_r18_fpt", "--cfg", "synth_r18_bfp", "--output", "x"), "give the config once"),
+    (("train", "--output", "x"), "required: NAME (or --cfg NAME)"),
+    (("train", "synth_r18_fpt", "--dataset", "keypoints_coco2017", "--output", "x"),
+     "--dataset keypoints_coco2017: fptbench has no keypoint head"),
+    (("train", "synth_r18_fpt", "--iter_size", "2", "--output", "x"),
+     "--iter_size 2: the seed's flag, which fptbench cannot honour: fptbench has no gradient accumulation"),
+    (("train", "synth_r18_fpt", "--o", "adam", "--output", "x"), "--o adam: the seed's flag, which fptbench cannot honour"),
+    (("train", "synth_r18_fpt", "--start_step", "100", "--output", "x"), "use --load_ckpt PATH --resume"),
+    (("train", "synth_r18_fpt", "--bs", "0", "--output", "x"), "--bs 0: the total batch must be a positive multiple"),
+    (("eval", "synth_r18_fpt", "--load_ckpt", "a.pth", "--output_dir", "x", "--range", "0", "10"),
+     "--range: the seed's flag, which fptbench cannot honour: evaluation runs over the whole data.test split"),
+    (("eval", "synth_r18_fpt", "--load_detectron", "R-50.pkl", "--output", "x"),
+     "--load_detectron: the seed's flag, which fptbench cannot honour"),
+    (("eval", "synth_r18_fpt", "--load_ckpt", "a.pth", "--output_dir", "x", "--vis"), "fptbench infer"),
+])
+def test_seed_flags_that_cannot_be_honoured_are_one_line(run_cli, args, fragment):
+    assert_usage_error(run_cli(*args), fragment)
+
+
+def test_bs_is_the_total_batch_over_the_processes(run_cli, tmp_path):
+    # --bs 6 under 4 processes (torchrun sets WORLD_SIZE) divides unevenly, as the seed asserts: the config is resolved (and --bs checked)
+    # before anything is built, so a missing dataset is what stops the run, not the batch.
+    env = dict(os.environ, WORLD_SIZE="4")
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    done = subprocess.run([sys.executable, "-m", "fptbench", "train", "synth_r18_fpt", "--bs", "6", "--output",
+                           str(tmp_path / "x")], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert_usage_error(done, "--bs 6: the total batch must be a positive multiple of the 4 process(es)")

@@ -111,3 +111,91 @@ def test_resume_refuses_what_it_cannot_replay(run):
         proc = fptbench("train", "synth_r18_fpt", "--output", tmp / "run", "--data-root", data, "--resume", *TINY,
                         *extra, check=False)
         assert proc.returncode == 2 and expected in proc.stderr.strip().splitlines()[-1], proc.stderr[-1500:]
+
+
+# ---------------------------------------------------------------------------------------------
+# the seed's command lines, pasted (README of ZHANGDONG-NJUST/FPT), on a tiny run
+
+def _seed_layout(tmp, data):
+    """The synthetic set under the seed's coco2017 names (annotations/instances_train2017.json ...)."""
+    root = tmp / "coco"
+    if not root.exists():
+        (root / "annotations").mkdir(parents=True)
+        (root / "images").mkdir()
+        for split, seed_split in (("train", "train2017"), ("val", "val2017")):
+            (root / "annotations" / f"instances_{seed_split}.json").symlink_to(data / "annotations" / f"instances_{split}.json")
+            (root / "images" / seed_split).symlink_to(data / "images" / split)
+    return root
+
+
+def _seed_set(*extra):
+    """TINY as the seed writes overrides: one --set, every pair after it."""
+    pairs = [word for word in TINY if word != "--set"] + list(extra)
+    return ["--set", *pairs]
+
+
+@pytest.fixture(scope="module")
+def seed_run(run):
+    """`python tools/train_net_step.py --dataset coco2017 --cfg ... --use_tfboard --bs N --nw N`, as
+    fptbench train, with a checkpoint every iteration so that a resume can start from the first."""
+    tmp, data = run
+    root = _seed_layout(tmp, data)
+    out = tmp / "seed"
+    proc = fptbench("train", "--dataset", "coco2017", "--cfg", "synth_r18_fpt", "--use_tfboard", "--bs", 1, "--nw", 0,
+                    "--output", out, "--data-root", root, *_seed_set("train.checkpoint_period", "1"))
+    return tmp, root, out, proc
+
+
+def test_seed_train_command_line_maps_to_our_keys(seed_run):
+    tmp, root, out, _ = seed_run
+    record = json.loads((out / "result.json").read_text())
+    cfg = record["config"]
+    assert cfg["data"]["train"] == "coco2017_train" and cfg["data"]["test"] == "coco2017_val"  # --dataset coco2017
+    assert cfg["train"]["images_per_device"] == 1  # --bs 1, one process
+    assert cfg["data"]["num_workers"] == 0  # --nw 0
+    assert cfg["train"]["checkpoint_period"] == 1 and cfg["model"]["backbone"] == "resnet18"  # one --set, many pairs
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))  # --use_tfboard: it is on anyway
+    assert (out / "checkpoints" / "model_0000001.pth").exists() and record["training"]["iterations"] == 2
+
+
+def test_seed_resume_from_a_checkpoint_ends_with_the_same_weights(seed_run):
+    # `--load_ckpt PATH --resume`: step count, optimizer (and schedule, RNGs) from PATH, in a new
+    # folder; the run continues at iteration 1 and ends where the uninterrupted one did, bitwise.
+    tmp, root, out, _ = seed_run
+    resumed = tmp / "seed_resumed"
+    proc = fptbench("train", "--dataset", "coco2017", "--cfg", "synth_r18_fpt", "--bs", 1, "--nw", 0,
+                    "--load_ckpt", out / "checkpoints" / "model_0000001.pth", "--resume", "--output", resumed,
+                    "--data-root", root, *_seed_set("train.checkpoint_period", "1"))
+    assert "at iteration 1" in proc.stderr + proc.stdout
+    first = json.loads((out / "result.json").read_text())["training"]
+    again = json.loads((resumed / "result.json").read_text())["training"]
+    assert again["iterations"] == 2 and again["weights_sha256"] == first["weights_sha256"]
+    # the same again in that folder is the same checkpoint, not a conflict; a different one is refused
+    refused = fptbench("train", "--cfg", "synth_r18_fpt", "--bs", 1, "--nw", 0, "--load_ckpt",
+                       out / "checkpoints" / "model_0000001.pth", "--resume", "--output", resumed, "--data-root", root,
+                       "--dataset", "coco2017", *_seed_set("train.checkpoint_period", "1"), check=False)
+    assert refused.returncode == 2, refused.stderr[-1500:]
+    assert "already exists (iteration 2); continue it with --resume alone" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_seed_resume_needs_a_training_checkpoint(seed_run, tmp_path):
+    import torch
+
+    tmp, root, out, _ = seed_run
+    weights = tmp_path / "weights.pth"
+    torch.save({"model": {}, "iteration": 3}, weights)  # no optimizer state: nothing to resume
+    proc = fptbench("train", "synth_r18_fpt", "--load_ckpt", weights, "--resume", "--output", tmp_path / "o",
+                    "--data-root", root, "--dataset", "coco2017", *TINY, check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert f"--load_ckpt {weights} --resume: {weights} holds no optimizer state" in line, line
+
+
+def test_seed_test_command_line_evaluates_like_ours(seed_run):
+    # `python tools/test_net.py --dataset coco2017 --cfg ... --load_ckpt PATH` (+ --output_dir)
+    tmp, root, out, _ = seed_run
+    fptbench("eval", "--dataset", "coco2017", "--cfg", "synth_r18_fpt", "--load_ckpt", out / "checkpoints" / "last.pth",
+             "--output_dir", tmp / "seed_eval", "--data-root", root, *_seed_set())
+    trained = json.loads((out / "result.json").read_text())
+    evaluated = json.loads((tmp / "seed_eval" / "result.json").read_text())
+    assert evaluated["metrics"] == trained["metrics"] and evaluated["config"]["data"]["test"] == "coco2017_val"
