@@ -441,3 +441,60 @@ def test_code_presets_are_the_authors_fpt_a():
     faster = load_config("fasterrcnn_r50_fpt_code")
     assert faster["model"]["head"] == "faster_rcnn"
     assert {k: v for k, v in faster.items() if k != "model"} == {k: v for k, v in code.items() if k != "model"}
+
+
+# --- sources: where a value comes from, declared once on its Key -------------------------------
+
+# The keys where the paper and the authors' code (ZHANGDONG-NJUST/FPT) disagree (issue #12).
+PAPER_VS_CODE_KEYS = ("fpt.input", "st.pool_kv", "st.shared_qk", "st.mixture_input", "st.dropout_on", "gt.normalizer",
+                      "gt.similarity", "gt.out_bias", "rt.variant", "model.stride_in_1x1")
+
+
+def _tags(doc: str) -> set[str]:
+    """The source tags a doc string writes: ``[code]``, ``[paper, ...]``, ``[ours: bf16 ...]``."""
+    import re
+
+    return set(re.findall(r"\[(paper|code|ours)\b", doc))
+
+
+def test_sources_pin_the_doc_tags_of_every_key():
+    from fptbench.config import SOURCE_TAGS
+
+    for key, spec in SCHEMA.items():
+        tags = _tags(spec.doc)
+        choice_tagged = spec.type is bool or (spec.choices is not None and not any(
+            f"[{t}: " in spec.doc for t in SOURCE_TAGS))  # "[code: 128]" tags a number, not a choice
+        if key in PAPER_VS_CODE_KEYS or ({"code"} <= tags and tags & {"paper", "ours"} and choice_tagged):
+            assert spec.sources, f"{key}: the doc tags [paper]/[ours] and [code], but the Key has no sources"
+            values = (True, False) if spec.type is bool else spec.choices
+            assert set(spec.sources.values()) & {"code"}, key
+            assert len({spec.sources.get(v) for v in values} - {None}) == 2, f"{key}: both sides need a tag"
+        if spec.sources:
+            valid = (True, False) if spec.type is bool else spec.choices
+            for value, tag in spec.sources.items():
+                assert tag in SOURCE_TAGS, (key, tag)
+                assert value in valid and type(value) is type(spec.default), (key, value)
+                assert tag in tags, f"{key}: sources say {value!r} is [{tag}], the doc does not: {spec.doc}"
+
+
+def test_source_of_reads_the_declaration():
+    from fptbench.config import source_of
+
+    assert source_of("gt.normalizer", "linear") == "code" and source_of("gt.normalizer", "mos") == "paper"
+    assert source_of("gt.normalizer", "softmax") is None      # neither the paper's nor the code's
+    assert source_of("st.pool_kv", True) == "code" and source_of("st.pool_kv", False) == "paper"
+    assert source_of("train.max_iter", 90000) is None         # a key without sources
+
+
+def test_diff_of_the_code_preset_and_the_paper_model_is_the_neck():
+    from fptbench.config import diff_configs, format_diff
+
+    rows = diff_configs(load_config("maskrcnn_r50_fpt_code"), load_config("maskrcnn_r50_fpt"))
+    assert [(r["key"], *r["sources"]) for r in rows] == [
+        ("fpt.input", "code", "ours"), ("st.pool_kv", "code", "paper"), ("st.shared_qk", "code", "paper"),
+        ("st.mixture_input", "code", "paper"), ("gt.normalizer", "code", "paper"), ("gt.similarity", "code", "paper"),
+        ("gt.out_bias", "code", "ours"), ("rt.variant", "code", "paper")]
+    faster = diff_configs(load_config("fasterrcnn_r50_fpt_code"), load_config("fasterrcnn_r50_fpt"))
+    assert [r["key"] for r in faster] == [r["key"] for r in rows]  # the same eight on Faster R-CNN
+    text = format_diff(rows[:1], "a", "b").splitlines()
+    assert text == ["key        a               b", "fpt.input  lateral [code]  fpn [ours]"]

@@ -388,8 +388,10 @@ def _reference(reader: _Reader, node: yaml.Node, axes: list[_Axis]) -> tuple[int
     """``reference: {axis: label or value}``: (its line, axis -> the entry's value)."""
     names = [axis.name for axis in axes if axis.name != SEED_AXIS]
     if not isinstance(node, yaml.MappingNode) or not node.value:
+        first = next((a for a in axes if a.name != SEED_AXIS), None)
+        example = f"{first.name}: {first.entries[0].label}" if first else "variant: paper"
         raise reader.error(node, f"reference must be a mapping axis -> label or value, e.g. "
-                                 f"{{{names[0] if names else 'variant'}: paper}}, got {describe(reader.value(node))}")
+                                 f"{{{example}}}, got {describe(reader.value(node))}")
     out: dict[str, Any] = {}
     for name, key_node, value_node in reader.items(node, "reference"):
         if name not in names:

@@ -388,3 +388,32 @@ def test_demo_is_cpu_sized_and_fpt_cells_start_as_bfp():
         assert cell.config["model"]["backbone"] == "resnet18" and cell.config["data"]["root"] == "data/synth"
         assert (cell.config["fpt"]["fuse_init"], cell.config["fpt"]["norm"]) == ("identity", "none")
     assert matrix.profile == {"size": [128, 128], "runs": 3, "warmup": 1}
+
+
+# --- reference: the row a design table compares every other row with -------------------------
+
+def test_reference_names_the_row_by_label_or_value(tmp_path):
+    path = write(tmp_path, textwrap.dedent(SMALL) + "reference: {ablation: bfp, model.backbone: resnet18}\n")
+    assert load_matrix(path).reference == {"ablation": "bfp", "model.backbone": "resnet18"}
+    assert load_matrix(write(tmp_path, textwrap.dedent(SMALL), "plain.yaml")).reference == {}  # none unless given
+
+
+def test_paper_vs_code_compares_every_difference_with_the_paper_row():
+    matrix = load_matrix("paper_vs_code")
+    assert matrix.reference == {"variant": "paper"}
+    paper = [cell for cell in matrix.cells if cell.axes["variant"] == "paper"]
+    assert len(paper) == 1 and paper[0].config == load_config("maskrcnn_r50_fpt", [pair for pair in paper[0].overrides])
+    for name in ("demo", "paper_ablation", "paper_backbones", "paper_design"):  # their reports stay as they were
+        assert load_matrix(name).reference == {}
+
+
+@pytest.mark.parametrize("entry, needle, expected", [
+    ("{ablation: fpt}", "fpt}", "reference: axis 'ablation' has no label or value 'fpt'; it has bfp, st"),
+    ("{ablaton: st}", "ablaton", "reference: unknown axis 'ablaton'; did you mean 'ablation'?"),
+    ("{seed: 0}", "seed: 0}", "reference: unknown axis 'seed'; seeds are pooled in a row; name the axes of the setting"),
+    ("bfp", "reference:", "reference must be a mapping axis -> label or value, e.g. {ablation: bfp}, got str 'bfp'"),
+    ("{ablation: st}\nexclude:\n  - {ablation: st}", "reference:", "reference: the excludes drop every cell it names"),
+])
+def test_bad_references_name_file_and_line(tmp_path, entry, needle, expected):
+    path = write(tmp_path, textwrap.dedent(SMALL) + f"reference: {entry}\n")
+    assert error_of(path) == f"{path}:{line_of(path, needle)}: {expected}"

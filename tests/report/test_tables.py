@@ -202,3 +202,53 @@ def test_records_outside_the_matrix_are_left_out_and_bad_records_refused(ablatio
         collect_rows([{"config": {}, "metrics": {}}])
     with pytest.raises(UsageError, match="appears twice"):
         collect_rows([ablation["records"][0], ablation["records"][0]])
+
+
+def _paper_vs_code(tiny_runs):
+    """Records shaped as experiments/paper_vs_code.yaml's cells: variant paper, code, st_pool (FPT
+    necks that differ in design) and bfp, with known APs; cells add gt_linear (pending)."""
+    aps = {"paper": (33.0, 30.0), "code": (34.5, 29.0), "st_pool": (32.0, 30.0), "bfp": (31.0, 27.5)}
+    records = []
+    for label, (box, mask) in aps.items():
+        record = copy.deepcopy(tiny_runs["bfp-s0" if label == "bfp" else "fpt-s0"])
+        if label == "code":
+            record["config"]["fpt"]["input"] = "lateral"
+        if label == "st_pool":
+            record["config"]["st"]["pool_kv"] = True
+        records.append(with_cell(_set_ap(record, box, mask), f"{label}-s0", {"variant": label, "seed": 0}))
+    cells = [cell_of(r) for r in records] + [{"run_id": "gt_linear-s0", "axes": {"variant": "gt_linear", "seed": 0},
+                                              "state": "pending"}]
+    return records, cells
+
+
+def test_design_table_delta_against_the_matrix_reference_row(tiny_runs):
+    records, cells = _paper_vs_code(tiny_runs)
+    layout = collect_rows(records, cells, compare_to={"variant": "paper"})
+    tables = {t.name: t for t in build_tables(layout, load_reference())}
+    t = tables["design"]
+    d = t.display.set_index("variant")
+    assert list(d["Δ box AP vs ref"]) == ["ref", "+1.5", "-1.0", "-2.0", "–"]   # paper, code, st_pool, bfp, gt_linear
+    assert list(d["Δ mask AP vs ref"]) == ["ref", "-1.0", "+0.0", "-2.5", "–"]
+    assert t.data["delta_ref_bbox.AP"].tolist()[:4] == pytest.approx([0.0, 1.5, -1.0, -2.0])
+    assert d.loc["code", "Δ box AP"] == "+3.5"                     # the BFP delta is still there
+    assert any("reference row (variant=paper)" in n for n in t.notes)
+    # the ablation table (necks vs BFP) does not take it
+    assert not any("vs ref" in c for c in tables["ablation"].display.columns)
+
+
+def test_without_a_reference_the_design_table_is_as_before(tiny_runs):
+    records, cells = _paper_vs_code(tiny_runs)
+    before = {t.name: t for t in build_tables(collect_rows(records, cells), load_reference())}["design"]
+    assert not any("vs ref" in c for c in before.display.columns)
+    assert not any(c.startswith("delta_ref_") for c in before.data.columns)
+    assert not any("reference row" in n for n in before.notes)
+
+
+@pytest.mark.parametrize("compare_to, message", [
+    ({"varient": "paper"}, "'varient' is not an axis of the rows (variant)"),
+    ({"variant": "papr"}, "no row has variant='papr'"),
+])
+def test_a_reference_no_row_has_is_refused(tiny_runs, compare_to, message):
+    records, cells = _paper_vs_code(tiny_runs)
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        collect_rows(records, cells, compare_to=compare_to)
