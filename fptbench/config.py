@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -36,6 +37,8 @@ __all__ = [
     "BACKBONES",
     "CONFIG_DIR",
     "FPT_CHANNELS",
+    "INT_MAX",
+    "MAX_SIDE",
     "MIN_SIDE",
     "SCHEMA",
     "SOURCE_TAGS",
@@ -71,6 +74,14 @@ FPT_CHANNELS = 256
 
 MIN_SIDE = 32
 """Smallest image side the model accepts, pixels: the trunk's output stride."""
+
+MAX_SIDE = 8192
+"""Largest image side a config or profile may ask for, pixels [ours]: 6x COCO's 1333, and
+already ~50 GB of FPT activations at batch 1; beyond it memory, not the user, would say no."""
+
+INT_MAX = 2**31 - 1
+"""Largest integer any key accepts: seeds, sizes and counts end in 32-bit fields (NumPy's seed,
+tensor sizes), where a larger one would be a traceback or a silent wrap."""
 
 
 class ConfigError(UsageError):
@@ -121,8 +132,8 @@ SCHEMA: dict[str, Key] = {
     "model.num_classes": Key(91, int, "object classes including background (torchvision convention; COCO = 91)", min=2),
     "model.trainable_backbone_layers": Key(5, int, "trunk stages left trainable, counted from the top, 0..5 (torchvision: 5 without pretrained weights)", min=0, max=5),
     "model.backbone_norm": Key("bn", str, "trunk normalisation: bn = nn.BatchNorm2d (torchvision without pretrained weights), frozen_bn = FrozenBatchNorm2d", choices=("bn", "frozen_bn")),
-    "model.min_size": Key(800, int, "resized short image side, pixels (GeneralizedRCNNTransform)", min=1),
-    "model.max_size": Key(1333, int, "cap on the resized long image side, pixels (GeneralizedRCNNTransform)", min=1),
+    "model.min_size": Key(800, int, "resized short image side, pixels (GeneralizedRCNNTransform)", min=1, max=MAX_SIDE),
+    "model.max_size": Key(1333, int, "cap on the resized long image side, pixels (GeneralizedRCNNTransform)", min=1, max=MAX_SIDE),
     "model.pixel": Key("torchvision", str, "pixel convention: torchvision = RGB in [0, 1] normalised by ImageNet mean/std; caffe = BGR in [0, 255] minus the Detectron mean, no std (Detectron weights)", choices=("torchvision", "caffe")),
     "model.box_score_thresh": Key(0.05, float, "detections scoring below this are dropped at inference (torchvision: 0.05)", min=0.0, max=1.0),
     "model.box_detections_per_img": Key(100, int, "most detections kept per image (torchvision and COCO: 100)", min=1),
@@ -181,13 +192,14 @@ SCHEMA: dict[str, Key] = {
     "train.warmup_factor": Key(0.3333333333, float, "learning-rate factor at iteration 0 of the warm-up [code: 1/3]", min=0.0, max=1.0),
     "train.steps": Key([60000, 80000], list, "iterations at which the learning rate is multiplied by train.gamma", item=int, min=0),
     "train.gamma": Key(0.1, float, "learning-rate factor at each of train.steps", min=0.0),
-    "train.min_sizes": Key([], list, "short sides drawn from per training image, pixels ([] = model.min_size; [code]: 400..1200)", item=int, min=1),
-    "train.max_size": Key(0, int, "cap on the long side in training, pixels (0 = model.max_size; [code]: 1400)", min=0),
+    "train.min_sizes": Key([], list, "short sides drawn from per training image, pixels ([] = model.min_size; [code]: 400..1200)", item=int, min=1, max=MAX_SIDE),
+    "train.max_size": Key(0, int, "cap on the long side in training, pixels (0 = model.max_size; [code]: 1400)", min=0, max=MAX_SIDE),
     "train.clip_grad_norm": Key(0.0, float, "clip the global gradient norm to this (0 = no clipping)", min=0.0),
     "train.amp": Key(True, bool, "mixed precision on CUDA: autocast in train.amp_dtype (fp16 adds grad scaling); ignored on the CPU"),
     "train.amp_dtype": Key("bf16", str, "autocast dtype of train.amp [ours: bf16, no grad scaler needed]; fp16 where the GPU lacks bf16 (then a logged warning)", choices=("bf16", "fp16")),
     "train.cpu_bf16": Key(False, bool, "bf16 autocast on the CPU (off: fp32, bitwise-reproducible)"),
     "train.checkpoint_period": Key(5000, int, "write a checkpoint every N iterations (and at the end)", min=1),
+    "train.keep_checkpoints": Key([], list, "iterations whose periodic checkpoints are kept besides the last 2 (older ones are deleted) [ours]", item=int, min=1),
     "train.log_period": Key(20, int, "log scalars to TensorBoard every N iterations", min=1),
     "train.eval_at_end": Key(True, bool, "evaluate on data.test when training ends and write result.json"),
     "train.dist_timeout_min": Key(60.0, float, "minutes a rank waits in a collective before failing [ours]: NCCL's default 10 is shorter than rank 0's COCOeval of a full val set while the other ranks wait", min=0.01),
@@ -259,6 +271,10 @@ def check_value(key: str, value: Any, spec: Key, where: str) -> Any:
         elif spec.type is bool:
             hint = " (write true or false)"
         raise ConfigError(f"{where}: key '{key}' expects {_type_name(spec)}, got {describe(value)}{hint}")
+    if spec.type is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
+    if spec.type is int and abs(value) > INT_MAX:
+        raise ConfigError(f"{where}: key '{key}' must be at most {INT_MAX} in size, got {value!r}")
     if spec.choices is not None and value not in spec.choices:
         raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(map(str, spec.choices))}; "
                           f"got {value!r}")
@@ -592,12 +608,12 @@ class ProfileRequest:
         """``"must be ..., got ..."`` when ``value`` is not a valid ``name`` field, else None."""
         if name == "size":
             if (isinstance(value, (list, tuple)) and len(value) == 2
-                    and all(not isinstance(s, bool) and isinstance(s, int) and s >= MIN_SIDE for s in value)):
+                    and all(not isinstance(s, bool) and isinstance(s, int) and MIN_SIDE <= s <= MAX_SIDE for s in value)):
                 return None
-            return f"must be [H, W], integers >= {MIN_SIDE} pixels, got {value!r}"
+            return f"must be [H, W], integers in {MIN_SIDE}..{MAX_SIDE} pixels, got {value!r}"
         low = {"runs": 1, "warmup": 0}[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            return f"must be an integer >= {low}, got {describe(value)}"
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= INT_MAX:
+            return f"must be an integer in {low}..{INT_MAX}, got {describe(value)}"
         return None
 
     def as_dict(self) -> dict[str, Any]:

@@ -9,26 +9,51 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_bytes_atomic", "write_json_atomic"]
+from fptbench.errors import UsageError
+
+__all__ = ["WriteError", "atomic_write", "write_bytes_atomic", "write_json_atomic", "current_umask"]
+
+
+class WriteError(UsageError, OSError):
+    """A file could not be written (read-only or full file system, a folder where a file should be):
+    one line naming the file and the system's reason. Also an OSError, for callers that catch those."""
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:
     """Write ``path`` through ``write(file)`` into a temporary file of the same folder, fsync it,
     then ``os.replace`` it over ``path``: a reader (or a run killed at any instant) sees either
     the old file or the new one, never a partial one.
+
+    The file gets the mode ``0666 & ~umask``, as ``open`` would give it (``mkstemp`` makes 0600,
+    which teammates could not read).
+
+    Raises:
+        WriteError: the folder or file cannot be written (``EROFS``, ``ENOSPC``, ``EACCES``, a
+            path through a file); ``path`` is left as it was and no temporary file remains.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(f"{path}: cannot write: {err.strerror or err}") from None
         raise
     return path
 

@@ -498,3 +498,25 @@ def test_diff_of_the_code_preset_and_the_paper_model_is_the_neck():
     assert [r["key"] for r in faster] == [r["key"] for r in rows]  # the same eight on Faster R-CNN
     text = format_diff(rows[:1], "a", "b").splitlines()
     assert text == ["key        a               b", "fpt.input  lateral [code]  fpn [ours]"]
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.base_lr", ".inf", "key 'train.base_lr' must be a finite number, got inf"),
+    ("train.gamma", ".nan", "key 'train.gamma' must be a finite number, got nan"),
+    ("train.steps", "[.inf]", "key 'train.steps[0]' expects int, got float inf"),
+    ("seed", "99999999999999999999", "key 'seed' must be at most 2147483647 in size, got 99999999999999999999"),
+    ("train.max_iter", str(2**40), f"key 'train.max_iter' must be at most 2147483647 in size, got {2**40}"),
+    ("model.max_size", "100000", "key 'model.max_size' must be in 1..8192, got 100000"),
+    ("train.min_sizes", "[800, 90000]", "key 'train.min_sizes[1]' must be in 1..8192, got 90000"),
+])
+def test_non_finite_and_out_of_range_numbers_are_one_line(key, value, message):
+    # each would otherwise train on NaN, wrap in a 32-bit field, or allocate without bound
+    assert error_of("synth_r18_fpt", [(key, value)]).endswith(message)
+
+
+def test_profile_sizes_and_counts_are_bounded():
+    from fptbench.config import ProfileRequest
+
+    assert "integers in 32..8192 pixels" in ProfileRequest.problem("size", [100000, 100000])
+    assert "integer in 1..2147483647" in ProfileRequest.problem("runs", 2**40)
+    assert ProfileRequest.problem("size", [8192, 32]) is None

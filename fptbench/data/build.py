@@ -33,7 +33,16 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> CocoDetection:
     max_images = data["max_images"] or (DEBUG_MAX_IMAGES if cfg.get("DEBUG") else 0)
     ann_file, img_dir = resolve_split(name)
     try:
-        return CocoDetection(root, ann_file, img_dir, pixel=cfg["model"]["pixel"],
-                             train=split == "train", max_images=max_images)
+        dataset = CocoDetection(root, ann_file, img_dir, pixel=cfg["model"]["pixel"],
+                                train=split == "train", max_images=max_images)
     except UsageError as err:
         raise UsageError(f"{err} (data.root={root}, data.{split}={name})") from None
+    num_classes = cfg["model"]["num_classes"]
+    too_large = [cat for cat in dataset.categories if cat >= num_classes]
+    if too_large:
+        # labels are category ids, 0 the background: an id >= num_classes would index past the
+        # classifier's logits (an IndexError deep in the loss, or a CUDA assert)
+        raise UsageError(f"{dataset.ann_file}: category id {max(too_large)} does not fit model.num_classes="
+                         f"{num_classes} (ids must be < num_classes; 0 is the background): set model.num_classes "
+                         f"{max(too_large) + 1}")
+    return dataset

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -23,13 +24,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fptbench.engine.checkpoint import find_last, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from fptbench.engine.checkpoint import (CHECKPOINT_DIR, clean_temp_files, find_resumable, numbered_checkpoints,
+                                        prune_checkpoints, rng_state, save_checkpoint, set_rng_state)
 from fptbench.engine.distributed import DistInfo, init_distributed
 from fptbench.engine.evaluate import evaluate_model
 from fptbench.engine.model import load_model, set_train_sizes, weights_digest
 from fptbench.engine.sampler import TrainBatchSampler
 from fptbench.engine.schedule import build_lr_scheduler
 from fptbench.errors import UsageError
+from fptbench.records import RESULT_FILE
 
 __all__ = ["train", "autocast_dtype", "effective_config", "seed_everything", "collate"]
 
@@ -127,9 +130,13 @@ def train(
         with ``iterations`` and ``wall_time_s``.
     """
     cfg = effective_config(cfg)
-    info = init_distributed(cfg)
     output_dir = Path(output_dir)
+    _check_output(output_dir, resume=resume)
+    info = init_distributed(cfg)
     log = _logger(info)
+    if info.rank == 0:
+        for path in clean_temp_files(output_dir):
+            log(f"removed {path}, left by a write that was interrupted")
 
     model = _seeded_model(cfg, info, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
     dtype, warning = autocast_dtype(cfg, info.device.type,
@@ -152,9 +159,10 @@ def train(
     if writer is not None:
         writer.close()
     max_iter = cfg["train"]["max_iter"]
+    loss_text = "unknown (not in the checkpoint)" if loss_value is None else f"{loss_value:.4f}"
     log(
         f"trained iterations {state.start_iter}..{max_iter} in {wall:.1f} s "
-        f"({wall / max(1, max_iter - state.start_iter):.3f} s/it), final loss {loss_value:.4f}, "
+        f"({wall / max(1, max_iter - state.start_iter):.3f} s/it), final loss {loss_text}, "
         f"on {info.world_size} x {info.device.type}, autocast {_dtype_name(dtype)}"
     )
     summary = {
@@ -173,6 +181,23 @@ def train(
 
 # ---------------------------------------------------------------------------------------------
 # the steps of train(), in order
+
+def _check_output(output_dir: Path, *, resume: bool) -> None:
+    """The run folder can be written, and holds no other run unless resuming it: one line otherwise."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UsageError(f"{output_dir}: is a file, not a run folder (--output names a folder)")
+    if not resume:
+        found = [f"{CHECKPOINT_DIR}/{p.name}" for p in list(numbered_checkpoints(output_dir).values())[-1:]]
+        found += [RESULT_FILE] if (output_dir / RESULT_FILE).exists() else []
+        if found:
+            raise UsageError(f"{output_dir}: already holds a run ({', '.join(found)}); continue it with --resume, "
+                             f"or choose another --output")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as err:
+        raise UsageError(f"{output_dir}: cannot write in the run folder: {err.strerror or err}") from None
 
 def _logger(info: DistInfo) -> Callable[[str], None]:
     """Rank 0 writes ``[fptbench] ...`` lines above the progress bar; other ranks are silent."""
@@ -207,6 +232,7 @@ class _TrainState:
     stream: list  # _stream_signature: resuming with another would not replay the run
     start_iter: int = 0
     time_before: float = 0.0  # training seconds spent before a resume
+    last_loss: float | None = None  # the loss of the last step done (None: not known)
 
     @classmethod
     def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo, dtype: torch.dtype | None) -> "_TrainState":
@@ -222,12 +248,13 @@ class _TrainState:
 
 
 def _resume(state: _TrainState, output_dir: Path, cfg: dict, info: DistInfo, log: Callable[[str], None]) -> None:
-    """Resume: restore the last checkpoint of ``output_dir`` (if any) into ``state``, exactly."""
-    last = find_last(output_dir)
-    if last is None:
-        log(f"no checkpoint in {output_dir / 'checkpoints'}: starting from iteration 0")
+    """Resume: restore the newest readable checkpoint of ``output_dir`` (if any) into ``state``,
+    exactly. One at ``train.max_iter`` resumes too: no step runs, evaluation follows."""
+    found = find_resumable(output_dir, log)
+    if found is None:
+        log(f"no checkpoint in {output_dir / CHECKPOINT_DIR}: starting from iteration 0")
         return
-    saved = load_checkpoint(last)
+    last, saved = found
     stream = saved["extra"].get("stream")
     if stream is not None and stream != state.stream:
         raise UsageError(
@@ -236,15 +263,21 @@ def _resume(state: _TrainState, output_dir: Path, cfg: dict, info: DistInfo, log
     max_iter = cfg["train"]["max_iter"]
     if saved["iteration"] > max_iter:
         raise UsageError(f"{last}: the checkpoint is at iteration {saved['iteration']}, past train.max_iter={max_iter}")
-    state.model.load_state_dict(saved["model"])
-    state.optimizer.load_state_dict(saved["optimizer"])
-    state.scheduler.load_state_dict(saved["scheduler"])
+    try:
+        state.model.load_state_dict(saved["model"])
+        state.optimizer.load_state_dict(saved["optimizer"])
+        state.scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as err:  # torch's strict-load and param-group errors
+        first = " ".join(str(err).split())[:300]
+        raise UsageError(f"{last}: cannot resume: the checkpoint is of another model or optimizer than this "
+                         f"config's ({first})") from None
     if state.scaler is not None and saved.get("scaler"):
         state.scaler.load_state_dict(saved["scaler"])
     rng = saved["rng"]
     set_rng_state(rng[info.rank] if isinstance(rng, list) else rng)
     state.start_iter = saved["iteration"]
     state.time_before = saved["extra"].get("train_time_s", 0.0)
+    state.last_loss = saved["extra"].get("loss")
     log(f"resumed from {last} at iteration {state.start_iter}")
 
 
@@ -303,9 +336,10 @@ def _dtype_name(dtype: torch.dtype | None) -> str:
 
 
 def _loop(state: _TrainState, ddp_model: torch.nn.Module, loader: DataLoader, writer, cfg: dict, info: DistInfo,
-          output_dir: Path, *, autocast, save: bool, progress: bool) -> tuple[float, float]:
+          output_dir: Path, *, autocast, save: bool, progress: bool) -> tuple[float, float | None]:
     """The loop: iterations ``start_iter..max_iter``, logging and checkpointing on their periods.
-    Returns (``time.perf_counter()`` when the loop started, the last loss)."""
+    Returns (``time.perf_counter()`` when the loop started, the last loss: the checkpoint's when
+    no step runs, None if it holds none)."""
     from tqdm import tqdm
 
     tcfg = cfg["train"]
@@ -314,22 +348,24 @@ def _loop(state: _TrainState, ddp_model: torch.nn.Module, loader: DataLoader, wr
                disable=not (info.rank == 0 and progress), dynamic_ncols=True)
     t_start = time.perf_counter()
     data_iter = iter(loader)
-    loss_value = float("nan")
-    for iteration in range(state.start_iter, max_iter):
-        t0 = time.perf_counter()
-        images, targets = next(data_iter)
-        images = [img.to(info.device, non_blocking=True) for img in images]
-        targets = [{k: (v.to(info.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        data_time = time.perf_counter() - t0
-        loss_dict, loss_value, lr = _step(state, ddp_model, images, targets, iteration, tcfg, info, autocast)
-        done = iteration + 1
-        if writer is not None and (done % tcfg["log_period"] == 0 or done == max_iter):
-            _log_scalars(writer, done, loss_dict, loss_value, lr, time.perf_counter() - t0, data_time, info.device)
-        bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
-        bar.update(1)
-        if save and (done % tcfg["checkpoint_period"] == 0 or done == max_iter):
-            _checkpoint(state, output_dir, done, t_start, info)
-    bar.close()
+    loss_value = state.last_loss
+    try:  # the bar ends its line whatever happens: an error message then starts its own
+        for iteration in range(state.start_iter, max_iter):
+            t0 = time.perf_counter()
+            images, targets = next(data_iter)
+            images = [img.to(info.device, non_blocking=True) for img in images]
+            targets = [{k: (v.to(info.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+            data_time = time.perf_counter() - t0
+            loss_dict, loss_value, lr = _step(state, ddp_model, images, targets, iteration, tcfg, info, autocast)
+            done = iteration + 1
+            if writer is not None and (done % tcfg["log_period"] == 0 or done == max_iter):
+                _log_scalars(writer, done, loss_dict, loss_value, lr, time.perf_counter() - t0, data_time, info.device)
+            bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", refresh=False)
+            bar.update(1)
+            if save and (done % tcfg["checkpoint_period"] == 0 or done == max_iter):
+                _checkpoint(state, output_dir, done, t_start, info, loss=loss_value, keep=tcfg["keep_checkpoints"])
+    finally:
+        bar.close()
     return t_start, loss_value
 
 
@@ -376,9 +412,12 @@ def _log_scalars(writer, done: int, loss_dict: dict, loss_value: float, lr: floa
     writer.add_scalar("memory_mb", _memory_mb(device), done)
 
 
-def _checkpoint(state: _TrainState, output_dir: Path, done: int, t_start: float, info: DistInfo) -> None:
-    """Checkpointing: rank 0 writes every rank's RNG state with the rest; every rank learns
-    whether it could (a rank that raised alone would leave the others waiting)."""
+def _checkpoint(state: _TrainState, output_dir: Path, done: int, t_start: float, info: DistInfo, *,
+                loss: float, keep: list[int]) -> None:
+    """Checkpointing: rank 0 writes every rank's RNG state with the rest (and the step's ``loss``,
+    the final loss of a run resumed at its end), then prunes the periodic files but the last two
+    and ``keep`` (``train.keep_checkpoints``); every rank learns whether it could (a rank that
+    raised alone would leave the others waiting)."""
     rng = _gather(rng_state(), info)
     failure = ""
     if info.rank == 0:
@@ -386,10 +425,12 @@ def _checkpoint(state: _TrainState, output_dir: Path, done: int, t_start: float,
             save_checkpoint(
                 output_dir, iteration=done, model=state.model, optimizer=state.optimizer,
                 scheduler=state.scheduler, scaler=state.scaler, rng=rng,
-                extra={"train_time_s": state.time_before + time.perf_counter() - t_start, "stream": state.stream},
+                extra={"train_time_s": state.time_before + time.perf_counter() - t_start, "stream": state.stream,
+                       "loss": loss},
             )
+            prune_checkpoints(output_dir, keep)
         except OSError as err:
-            failure = f"{output_dir}: cannot write the checkpoint of iteration {done}: {err}"
+            failure = f"{output_dir}: cannot write the checkpoint of iteration {done}: {getattr(err, 'strerror', None) or err}"
     failure = _gather(failure, info)[0]  # every rank learns whether rank 0 could save
     if failure:
         raise UsageError(failure)
