@@ -53,7 +53,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, b
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
-            raise WriteError(f"{path}: cannot write: {err.strerror or err}") from None
+            reason = err.strerror or str(err)
+            blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+            if blocker is not None:  # mkdir says "File exists", open "Not a directory"
+                reason = f"{blocker} is a file, not a folder"
+            raise WriteError(f"{path}: cannot write: {reason}") from None
         raise
     return path
 
