@@ -189,3 +189,30 @@ def test_full_disk_at_the_checkpoint_is_one_line_and_leaves_no_temp_file(synth, 
     _one_line_error(proc, "cannot write the checkpoint of iteration 1")
     assert "MiB free" in proc.stderr
     assert list((run / "checkpoints").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_sweep_cell_killed_during_evaluation_is_finished_by_rerun_failed_without_training(tmp_path):
+    from tests.launch.workspace import fptbench, make_workspace
+
+    work = make_workspace(tmp_path)
+    env = {**_env(), "PYTHONPATH": str(ROOT)}
+    sweep = subprocess.Popen([sys.executable, "-m", "fptbench", "sweep", "tiny_bfp"], cwd=work, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    root = work / "results" / "tiny_bfp"
+    deadline = time.monotonic() + 300
+    while not list(root.glob("*/checkpoints/model_0000006.pth")):  # the cell's last checkpoint
+        assert sweep.poll() is None and time.monotonic() < deadline, "the sweep ended before the kill"
+        time.sleep(0.01)
+    os.killpg(sweep.pid, signal.SIGKILL)  # the sweep and its cell, during evaluation
+    sweep.wait()
+    (final,) = root.glob("*/checkpoints/model_0000006.pth")
+    run_dir = final.parent.parent
+    assert not (run_dir / "result.json").exists()
+    before = (final.stat().st_ino, final.stat().st_mtime_ns)
+
+    again = fptbench(work, "sweep", "tiny_bfp", "--rerun-failed")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    record = json.loads((run_dir / "result.json").read_text())
+    assert record["training"]["iterations"] == 6 and isinstance(record["training"]["final_loss"], float)
+    assert record["profile"] and (final.stat().st_ino, final.stat().st_mtime_ns) == before  # not retrained
