@@ -692,6 +692,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             names = ", ".join(command.name for command in COMMANDS)
             raise UsageError(f"a command is required, one of: {names} (see fptbench --help)")
         return args.run(args)
+    except BrokenPipeError:
+        # `fptbench ... | head`: the reader left. Quiet, as a Unix tool killed by SIGPIPE (status
+        # 128 + 13); stdout goes to /dev/null so that the flush at exit does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except FloatingPointError as err:  # training diverged: not a usage error, but still one line
         print(f"fptbench: error: {err}", file=sys.stderr)
         return 1

@@ -254,3 +254,17 @@ def test_bs_is_the_total_batch_over_the_processes(run_cli, tmp_path):
     done = subprocess.run([sys.executable, "-m", "fptbench", "train", "synth_r18_fpt", "--bs", "6", "--output",
                            str(tmp_path / "x")], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert_usage_error(done, "--bs 6: the total batch must be a positive multiple of the 4 process(es)")
+
+
+def test_a_reader_that_leaves_early_is_no_traceback(repo_root):
+    # `fptbench config NAME | head -0`: the pipe's read end is closed before fptbench writes
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)
+    proc = subprocess.run([sys.executable, "-m", "fptbench", "config", "synth_r18_fpt"], stdout=write,
+                          stderr=subprocess.PIPE, text=True, cwd=repo_root,
+                          env=dict(os.environ, PYTHONPATH=str(repo_root)))
+    os.close(write)
+    assert proc.returncode == 141 and proc.stderr == ""
