@@ -31,7 +31,7 @@ class SelfTransformer(nn.Module):
         pool_kv: X' = AvgPool(3, stride 2, pad 1)(X) with the padding excluded from each average,
             keys and values at half resolution [code] (self_trans.py, ``SelfTrans.__init__``:
             ``nn.AvgPool2d(3, 2, 1, count_include_pad=False)``); False (X' = X) is the
-            paper-exact default [ours].
+            paper's equation and the default [paper].
         shared_qk: Wq and Wk are one conv [code option].
         mixture_input: what pi is computed from, "keys" (mean of k [paper, wording
             unconfirmed]) or "queries" (mean of the full-resolution q [code]: self_trans.py,
