@@ -6,12 +6,19 @@ Layout of ``out_dir`` (``reports/<experiment>/`` from the CLI)::
     tables/<name>.md|csv|tex  ablation, backbone_head, design, complexity (those that apply)
     figures/<name>.png|pdf    ap_vs_gflops, ap_vs_latency, ablation_bars, design_bars
 
-Every file is written atomically. The report reads only the records, the expected cells and the
-reference file; it never looks into run folders.
+Every file is written atomically, and the whole report too: it is built in a temporary folder
+beside ``out_dir`` (``.<name>.building-<pid>``) that then takes ``out_dir``'s place in one rename
+(an exchange where the kernel offers it), so a killed report never leaves new tables beside old
+figures or a stale index.md; the next report removes a killed one's temporary folder. The report
+reads only the records, the expected cells and the reference file; it never looks into run folders.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -103,6 +110,67 @@ def _index(experiment: str, layout: Layout, tables: list[Table], table_files: di
     return "\n".join(lines).rstrip() + "\n"
 
 
+_BUILDING = ".building-"
+_RENAME_EXCHANGE = 2  # renameat2(2) flag: swap two paths atomically (Linux 3.15+)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap folders ``a`` and ``b`` in one step (renameat2 RENAME_EXCHANGE); False where the
+    kernel or libc cannot."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    if ctypes.get_errno() in (errno.EINVAL, errno.ENOSYS, errno.EPERM):
+        return False
+    raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(a))
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(out: Path) -> None:
+    """Remove the temporary folders of reports into ``out`` that were killed (their pid is gone)."""
+    if not out.parent.is_dir():
+        return
+    for tmp in out.parent.glob(f".{out.name}{_BUILDING}*"):
+        if not _pid_alive(tmp.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_target(out: Path) -> None:
+    """``out_dir`` is replaced as a whole: refuse a file, and a folder that is not a report."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out}: exists and is not a folder; the report is a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "index.md").is_file():
+        raise UsageError(f"{out}: a folder that is not a report (no index.md); the report replaces its folder "
+                         f"as a whole: choose an empty or new one")
+
+
+def _put_in_place(tmp: Path, out: Path) -> None:
+    """Make the built folder ``tmp`` the report ``out``: one exchange (or, without one, two
+    renames: a kill between them leaves no ``out``, and the next report builds it again)."""
+    if out.is_dir():
+        if not _exchange(tmp, out):
+            old = out.parent / f".{out.name}{_BUILDING}old-{os.getpid()}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            tmp = old
+        shutil.rmtree(tmp, ignore_errors=True)  # the old report, now at the temporary path
+    else:
+        os.rename(tmp, out)
+
+
 def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
                  cells: list[dict] | None = None, formats: Sequence[str] = FORMATS,
                  reference: str | Path | None = None,
@@ -138,7 +206,28 @@ def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
     if not layout.rows:
         raise UsageError(f"{experiment}: no records and no cells to report")
     tables = build_tables(layout, ref)
-    out = Path(out_dir)
+    final = Path(out_dir)
+    _check_target(final)
+    _remove_stale(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = final.parent / f".{final.name}{_BUILDING}{os.getpid()}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir()
+    try:
+        result = _build(experiment, layout, tables, ref, formats, out)
+        _put_in_place(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+
+    def moved(p: Path) -> Path:
+        return final / p.relative_to(out)
+
+    return {"index": moved(result["index"]), "tables": result["tables"],
+            "figures": [moved(p) for p in result["figures"]], "files": [moved(p) for p in result["files"]]}
+
+
+def _build(experiment: str, layout: Layout, tables: list[Table], ref, formats: list[str], out: Path) -> dict[str, Any]:
     files: list[Path] = []
     table_files: dict[str, list[Path]] = {}
     markdown: dict[str, str] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -94,3 +95,51 @@ def test_formats_subset_left_out_records_and_errors(ablation, tmp_path):
         build_report(ablation["records"], experiment="x", out_dir=tmp_path, reference=tmp_path / "none.yaml")
     with pytest.raises(UsageError, match="no records and no cells"):
         build_report([], experiment="x", out_dir=tmp_path)
+
+
+BUILD = """
+import json, sys
+from fptbench.report import build_report
+data = json.load(open(sys.argv[1]))
+build_report(data["records"], experiment="tiny", out_dir=sys.argv[2], cells=data["cells"])
+"""
+
+
+def test_a_killed_report_leaves_the_old_one_whole_and_the_next_one_replaces_it(tmp_path, ablation):
+    """SIGKILL while the new report draws its figures (its tables are written): the old report is
+    untouched, file for file; the next report replaces it whole and removes the killed one's folder."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "tiny"
+    build_report(ablation["records"][:1], experiment="tiny", out_dir=out, cells=ablation["cells"][:1])
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    data = tmp_path / "records.json"
+    data.write_text(json.dumps(ablation))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(data), str(out)], env=env)
+    building = tmp_path / f".tiny.building-{proc.pid}"
+    deadline = time.monotonic() + 120
+    while not (building / "figures").is_dir():  # tables written, figures being drawn
+        assert proc.poll() is None and time.monotonic() < deadline, "the report ended before its figures"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+    assert (building / "tables" / "ablation.md").is_file()  # the killed one had written new tables there
+    again = build_report(ablation["records"], experiment="tiny", out_dir=out, cells=ablation["cells"])
+    assert not building.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["records.json", "tiny"]
+    assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(again["files"])
+    assert "from 4 complete run record(s)" in (out / "index.md").read_text()
+
+
+def test_the_report_replaces_only_a_report_folder(tmp_path, ablation):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep")
+    with pytest.raises(UsageError, match="not a report"):
+        build_report(ablation["records"], experiment="tiny", out_dir=tmp_path / "notes", cells=ablation["cells"])
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
