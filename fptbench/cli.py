@@ -488,6 +488,8 @@ def _sweep_args(parser: argparse.ArgumentParser) -> None:
                         help="local executor: cells running at once (default: 1; each uses every core)")
     parser.add_argument("--wait", action="store_true",
                         help="slurm executor: wait, showing progress, until every submitted cell has finished")
+    parser.add_argument("--wait-lock", action="store_true",
+                        help="another sweep holds the results folder: wait for it to end (default: say who and exit 2)")
     _set_arg(parser, "override a config key in every cell (changes their run ids)")
 
 
@@ -503,7 +505,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         outcome = run_sweep(matrix, executor=args.executor, cluster=cluster, results=args.results,
                             dry_run=args.dry_run, rerun_failed=args.rerun_failed, jobs=args.jobs,
-                            wait=True if args.wait else None)
+                            wait=True if args.wait else None, wait_lock=args.wait_lock)
     except KeyboardInterrupt:
         return 130
     return 1 if any(status.state == "failed" for status in outcome.statuses
