@@ -17,6 +17,9 @@ CLUSTER=fptbench
 DB_PORT="${FPTBENCH_SLURM_DB_PORT:-3399}"   # private MariaDB, 127.0.0.1 only
 CTLD_PORT=6817 SLURMD_PORT=6818 DBD_PORT=6819  # SLURM's defaults
 START_TIMEOUT_S="${FPTBENCH_SLURM_TIMEOUT_S:-60}"
+# MaxArraySize: a job array holds at most this many tasks (SLURM's default, 1001). A small one
+# lets tests see a sweep split into several arrays; `max-array-size N` changes it while up.
+MAX_ARRAY_SIZE="${FPTBENCH_SLURM_MAX_ARRAY_SIZE:-1001}"
 PACKAGES=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server-core mariadb-client-core)
 CLIENT_CONF=/etc/slurm/slurm.conf
 MARKER="# written by fptbench slurm/dev-cluster.sh"
@@ -195,6 +198,7 @@ SchedulerParameters=sched_interval=2,bf_interval=2
 KillWait=5
 ReturnToService=2
 FirstJobId=$first_job_id
+MaxArraySize=$MAX_ARRAY_SIZE
 MailProg=/bin/true
 MpiDefault=none
 GresTypes=gpu
@@ -347,9 +351,25 @@ cmd_status() {
     fi
 }
 
+# max-array-size N: set MaxArraySize on the running cluster (slurm.conf + scontrol reconfigure).
+cmd_max_array_size() {
+    need_root
+    local n=${1:-}
+    [[ $n =~ ^[1-9][0-9]*$ ]] || die "max-array-size: expected a positive integer, got '${n}'"
+    pid_alive slurmctld || die "max-array-size: the cluster is not up (start it first)"
+    sed -i "s/^MaxArraySize=.*/MaxArraySize=$n/" "$STATE/etc/slurm.conf"
+    cp "$STATE/etc/slurm.conf" "$CLIENT_CONF.tmp" && mv "$CLIENT_CONF.tmp" "$CLIENT_CONF"
+    SLURM_CONF="$STATE/etc/slurm.conf" timeout 30 scontrol reconfigure || die "scontrol reconfigure failed"
+    local now
+    now=$(SLURM_CONF="$STATE/etc/slurm.conf" timeout 10 scontrol show config | awk '$1 == "MaxArraySize" { print $3 }')
+    [[ $now == "$n" ]] || die "max-array-size: slurmctld reports MaxArraySize=$now after reconfigure, not $n"
+    echo "dev-cluster: MaxArraySize=$n"
+}
+
 case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    *) echo "usage: $0 start|stop|status   (state in \$FPTBENCH_SLURM_DIR, default /tmp/fptbench-slurm)" >&2; DIED=1; exit 2 ;;
+    max-array-size) cmd_max_array_size "${2:-}" ;;
+    *) echo "usage: $0 start|stop|status|max-array-size N   (state in \$FPTBENCH_SLURM_DIR, default /tmp/fptbench-slurm; FPTBENCH_SLURM_MAX_ARRAY_SIZE at start)" >&2; DIED=1; exit 2 ;;
 esac
