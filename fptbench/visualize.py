@@ -2,28 +2,40 @@
 
 The seed's ``infer_simple.py``, with torchvision's drawing utilities
 (``draw_segmentation_masks``, ``draw_bounding_boxes``).
+
+Memory is bounded whatever the photographs [ours]: each image is decoded at most at the size the
+model resizes it to (JPEG draft mode decodes at 1/2..1/8 scale directly), the user's threshold is
+the detector's score threshold so that masks are pasted only for what is drawn, and drawings are
+made at that size. An image that cannot be read (corrupt, truncated, a decompression bomb beyond
+PIL's pixel limit) is skipped and listed in ``detections.json``; the others are still drawn.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from tqdm import tqdm
 
-from fptbench.data.image import read_image, to_pixels, to_uint8_rgb
+from fptbench.data.image import to_pixels
 from fptbench.errors import UsageError
 from fptbench.evaluation.coco_evaluator import masks_to_rle
 from fptbench.fileio import write_bytes_atomic, write_json_atomic
 
-__all__ = ["IMAGE_SUFFIXES", "PALETTE", "infer_images", "list_images"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_CANVAS_SIDE", "PALETTE", "infer_images", "list_images", "read_canvas"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+MAX_CANVAS_SIDE = 1333
+"""Long side of the largest drawing, pixels [ours]: COCO's test scale (model.max_size), which the
+detector resizes to anyway; a mask pasted at this size is 1.8 MB."""
 
 # colours by class id (label % len): Detectron's first twelve, distinct on photographs
 PALETTE = [(0, 114, 189), (217, 83, 25), (237, 177, 32), (126, 47, 142), (119, 172, 48),
@@ -70,6 +82,8 @@ def infer_images(
     device: torch.device | str = "cpu",
     pixel: str = "torchvision",
     progress: bool = True,
+    log: Callable[[str], None] | None = tqdm.write,
+    max_side: int = MAX_CANVAS_SIDE,
 ) -> list[dict[str, Any]]:
     """Detect objects in every image of ``image_dir`` and save them drawn, plus a JSON.
 
@@ -83,14 +97,19 @@ def infer_images(
         device: where the model runs.
         pixel (str): the model's pixel convention, ``torchvision`` or ``caffe`` (``model.pixel``).
         progress (bool): tqdm bar.
+        log: called with one line per skipped image (None: silent).
+        max_side (int): long side of the canvas, pixels: larger images are read downscaled to it,
+            detected and drawn at that size.
 
     Returns:
-        list[dict]: per image, ``{"file", "output", "width", "height", "detections": [{"label",
-        "class", "score", "box" (xyxy pixels), "segmentation" (COCO RLE, Mask R-CNN only)}]}``,
-        the ``images`` list of ``detections.json``.
+        list[dict]: per image drawn, ``{"file", "output", "width", "height" (the file's, pixels),
+        "scale" (drawing / file, <= 1), "detections": [{"label", "class", "score", "box" (xyxy,
+        the file's pixels), "segmentation" (COCO RLE of the drawing's size, Mask R-CNN only)}]}``:
+        the ``images`` list of ``detections.json``, which also lists ``skipped`` images
+        (``{"file", "reason"}``) and whether the folder was ``complete`` (false when interrupted).
 
     Raises:
-        UsageError: missing or empty ``image_dir``, an unreadable image, a bad threshold or pixel.
+        UsageError: missing or empty ``image_dir``, no image readable, a bad threshold or pixel.
     """
     if not 0.0 <= float(threshold) <= 1.0:
         raise UsageError(f"threshold: {threshold} is not in [0, 1]")
@@ -103,25 +122,75 @@ def infer_images(
 
     was_training = model.training
     model.eval()
+    heads = getattr(model, "roi_heads", None)
+    model_thresh = getattr(heads, "score_thresh", None)
+    if model_thresh is not None:  # masks are pasted (full canvas each) only for what is kept
+        heads.score_thresh = max(model_thresh, float(threshold))
     images_out: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    complete = False
     try:
         for path, name in tqdm(list(zip(files, names)), desc="infer", unit="img", disable=not progress,
                                dynamic_ncols=True):
-            image = to_uint8_rgb(read_image(path))  # exact: x / 255 comes back to x
+            try:
+                image, (width, height) = read_canvas(path, max_side)
+            except UsageError as err:
+                skipped.append({"file": path.name, "reason": str(err)})
+                if log is not None:
+                    log(f"[fptbench] skipped {err}")
+                continue
+            scale = image.shape[2] / width
             with torch.inference_mode():
                 output = model([to_pixels(image, pixel).to(device)])[0]
             output = {k: v.detach().cpu() for k, v in output.items()}
             keep = output["scores"] >= threshold
             output = {k: v[keep] for k, v in output.items()}
             write_bytes_atomic(out_dir / name, _png_bytes(_draw(image, output, class_names)))
-            images_out.append({"file": path.name, "output": name, "width": int(image.shape[2]),
-                               "height": int(image.shape[1]),
-                               "detections": _detections(output, class_names)})
+            images_out.append({"file": path.name, "output": name, "width": width, "height": height,
+                               "scale": round(scale, 6), "detections": _detections(output, class_names, scale)})
+        complete = True
     finally:
         model.train(was_training)
-    write_json_atomic(out_dir / "detections.json",
-                      {"threshold": float(threshold), "image_dir": str(image_dir), "images": images_out})
+        if model_thresh is not None:
+            heads.score_thresh = model_thresh
+        if images_out or skipped:  # what was done, even when interrupted
+            write_json_atomic(out_dir / "detections.json",
+                              {"threshold": float(threshold), "image_dir": str(image_dir), "complete": complete,
+                               "images": images_out, "skipped": skipped})
+    if not images_out:
+        raise UsageError(f"{image_dir}: none of the {len(files)} images could be read; the first: {skipped[0]['reason']}")
     return images_out
+
+
+def read_canvas(path: str | Path, max_side: int = 1333) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as uint8 RGB (3, h, w), downscaled so that its long side is at most
+    ``max_side`` (never upscaled), and the file's (width, height). JPEGs are decoded at the
+    reduced scale (PIL's draft mode): a 50-megapixel photograph never exists in memory at full size.
+
+    Raises:
+        UsageError: the file is not a readable image, is truncated, or has more pixels than PIL's
+            decompression-bomb limit (``2 * PIL.Image.MAX_IMAGE_PIXELS``); the message names it.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # decoded reduced below
+            with Image.open(path) as img:
+                width, height = img.size
+                scale = min(1.0, max_side / max(width, height))
+                size = (max(1, round(width * scale)), max(1, round(height * scale)))
+                if scale < 1:
+                    img.draft("RGB", size)  # JPEG: decode at 1/2, 1/4 or 1/8 when that is enough
+                rgb = img.convert("RGB")
+                if rgb.size != size:
+                    rgb = rgb.resize(size, Image.BILINEAR, reducing_gap=2.0)
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"{path}: refused: {err}") from None
+    except FileNotFoundError:
+        raise UsageError(f"{path}: image not found") from None
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated files
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise UsageError(f"{path}: cannot read the image: {reason}") from None
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1), (width, height)
 
 
 def _class_name(class_names: Mapping[int, str], label: int) -> str:
@@ -141,13 +210,15 @@ def _draw(image: torch.Tensor, output: Mapping[str, torch.Tensor], class_names: 
     return draw_bounding_boxes(image, output["boxes"], labels=texts, colors=colors, width=2)
 
 
-def _detections(output: Mapping[str, torch.Tensor], class_names: Mapping[int, str]) -> list[dict[str, Any]]:
+def _detections(output: Mapping[str, torch.Tensor], class_names: Mapping[int, str],
+                scale: float = 1.0) -> list[dict[str, Any]]:
+    """The JSON of ``output`` (drawn at ``scale``): boxes in the file's pixels, masks as drawn."""
     rles = masks_to_rle(output["masks"]) if "masks" in output else None
     detections = []
     for k, (label, score, box) in enumerate(zip(output["labels"].tolist(), output["scores"].tolist(),
                                                 output["boxes"].tolist())):
         detection = {"label": label, "class": _class_name(class_names, label), "score": round(score, 4),
-                     "box": [round(v, 2) for v in box]}
+                     "box": [round(v / scale, 2) for v in box]}
         if rles is not None:
             detection["segmentation"] = rles[k]
         detections.append(detection)

@@ -61,7 +61,7 @@ def test_one_drawing_per_image_and_a_json(model, image_dir, tmp_path):
             assert 0.0 <= det["score"] <= 1.0
             x1, y1, x2, y2 = det["box"]
             assert 0 <= x1 <= x2 <= im["width"] and 0 <= y1 <= y2 <= im["height"]
-            assert det["segmentation"]["size"] == [im["height"], im["width"]]
+            assert det["segmentation"]["size"] == [im["height"], im["width"]]  # scale 1: small images
 
 
 def test_threshold_filters_what_is_drawn_and_listed(model, image_dir, tmp_path):
@@ -85,9 +85,52 @@ def test_bad_folders_are_usage_errors(model, image_dir, tmp_path):
         infer_images(model, image_dir, image_dir, class_names={})
     with pytest.raises(UsageError, match="threshold: 1.5"):
         infer_images(model, image_dir, tmp_path / "out", class_names={}, threshold=1.5)
-    broken = tmp_path / "broken"
-    shutil.copytree(image_dir, broken)
-    (broken / "000000.png").write_bytes(b"not a png")  # sorted first: fails before any detection
-    with pytest.raises(UsageError, match="000000.png: cannot read the image"):
-        infer_images(model, broken, tmp_path / "out2", class_names={}, progress=False)
     assert not (tmp_path / "out").exists()  # refused before anything was written
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    with pytest.raises(UsageError, match="none of the 1 images could be read; the first: .*a.png: cannot read the image"):
+        infer_images(model, broken, tmp_path / "out2", class_names={}, progress=False)
+    assert json.loads((tmp_path / "out2" / "detections.json").read_text())["skipped"][0]["file"] == "a.png"
+
+
+def test_unreadable_images_are_skipped_and_listed_and_the_others_drawn(model, image_dir, tmp_path):
+    files = sorted(p.name for p in image_dir.iterdir() if p.suffix in (".png", ".jpg"))
+    (image_dir / "000000.png").write_bytes(b"not a png")  # sorted first
+    jpg = next(image_dir.glob("*.jpg"))
+    jpg.write_bytes(jpg.read_bytes()[:200])  # truncated
+    Image.new("1", (20000, 20000)).save(image_dir / "bomb.png")  # 400 Mpx in a small file
+    lines = []
+    images = infer_images(model, image_dir, tmp_path / "out", class_names=CLASS_NAMES, threshold=0.0,
+                          progress=False, log=lines.append)
+    saved = json.loads((tmp_path / "out" / "detections.json").read_text())
+    skipped = {s["file"]: s["reason"] for s in saved["skipped"]}
+    assert sorted(skipped) == sorted(["000000.png", "bomb.png", jpg.name])
+    assert "cannot read the image" in skipped["000000.png"] and "decompression bomb" in skipped["bomb.png"]
+    assert all("\n" not in reason for reason in skipped.values()) and len(lines) == 3
+    drawn = sorted(set(files) - {"000000.png", jpg.name})
+    assert [im["file"] for im in images] == drawn and saved["complete"] is True
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(["detections.json"] + [im["output"] for im in images])
+
+
+def test_a_large_photograph_is_drawn_on_the_models_canvas_with_masks_only_above_the_threshold(model, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (3000, 4500, 3), dtype=np.uint8)).save(folder / "big.jpg", quality=80)
+    kept = []  # what the detector's heads return, before the masks are pasted at canvas size
+    hook = model.roi_heads.register_forward_hook(lambda module, args, out: kept.append(out[0][0]["scores"]))
+    try:
+        (im,) = infer_images(model, folder, tmp_path / "out", class_names={}, threshold=0.36, progress=False)
+    finally:
+        hook.remove()
+    assert model.roi_heads.score_thresh == pytest.approx(0.05)  # the model's own, restored
+    assert (im["width"], im["height"]) == (4500, 3000)
+    drawing = read_image(tmp_path / "out" / "big.png")
+    assert drawing.shape == (3, 889, 1333)  # MAX_CANVAS_SIDE: 4500 x 3000 -> 1333 x 889
+    assert im["scale"] == pytest.approx(1333 / 4500, rel=0.001)
+    # seed 0's random model scores this image's 100 best detections 0.35..0.38: a threshold within
+    assert len(kept) == 1 and bool((kept[0] >= 0.36).all()) and 0 < len(kept[0]) == len(im["detections"]) < 100
+    for det in im["detections"]:
+        assert det["segmentation"]["size"] == [889, 1333]
+        assert 0 <= det["box"][0] <= det["box"][2] <= 4500  # in the file's pixels
