@@ -6,6 +6,11 @@
 Re-running a sweep submits only what needs it: a cell with a complete record is skipped, a
 queued or running one is left alone, a failed one is resubmitted only with ``rerun_failed``, a
 cancelled or never-submitted one is (re)submitted and resumes from its checkpoint if it has one.
+
+One sweep at a time per results folder: it holds ``sweep.lock`` there for its whole run
+(:mod:`fptbench.launch.lock`) and plans under it; another says who holds it and exits 2, or waits
+(``wait_lock``). SIGTERM stops a local sweep as Ctrl-C does (its cells are cancelled); a cell of a
+sweep killed outright stops by itself (it watches the sweep's pid and start time).
 """
 
 from __future__ import annotations
@@ -200,7 +205,8 @@ def run_sweep(
 
     Args:
         executor: ``local`` (this machine, ``jobs`` cells at a time; waits for them), ``slurm``
-            (one job array with ``cluster``'s resources; returns once submitted unless ``wait``)
+            (job arrays of at most the scheduler's MaxArraySize cells, with ``cluster``'s resources;
+            returns once submitted unless ``wait``)
             or ``debug`` (in this process, one after the other; for pdb).
         wait: wait until every submitted cell has finished (default: True for local and debug).
         wait_lock: another sweep holds the results folder: wait for it instead of failing.
