@@ -11,6 +11,13 @@ degenerate box (width or height <= 1 px after clipping to the image) [ours: the 
 width/height <= 0 boxes and images whose boxes are all <= 1 px] or an empty mask [ours]; images
 left with no annotation are left out. Every drop is counted in :attr:`CocoDetection.skipped`.
 Evaluation mode keeps every annotation (COCOeval reads the ground truth from ``.coco``).
+
+Items are read from :class:`SerializedRecords`, every image's record pickled into one NumPy
+buffer, as detectron2's ``DatasetFromList(serialize=True)``: data-loader workers forked from the
+main process then share those pages for good, where reading (and the garbage collector walking)
+a list of Python dicts would write reference counts into every page and copy the whole dataset
+into each worker, one COCO annotation file per worker [benchmarks/loader_memory.py]. In training
+the pycocotools index is dropped once the records are built (``.coco`` is None).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import io
 import json
 import operator
 import os
+import pickle
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -35,7 +43,7 @@ from torchvision import tv_tensors
 from fptbench.data.image import PIXELS, read_image
 from fptbench.errors import UsageError
 
-__all__ = ["CocoDetection", "load_coco", "segmentation_rle"]
+__all__ = ["CocoDetection", "SerializedRecords", "load_coco", "segmentation_rle"]
 
 # Counter keys of CocoDetection.skipped
 SKIP_CROWD = "crowd"
@@ -149,6 +157,35 @@ def segmentation_rle(segm: list | dict, height: int, width: int) -> dict:
     return segm
 
 
+class SerializedRecords:
+    """A read-only list of picklable records held as one ``uint8`` buffer plus ``int64`` end
+    offsets (two NumPy arrays: no Python object per record, nothing for reference counts or the
+    garbage collector to write into once a worker is forked).
+
+    ``records[i]`` unpickles record ``i`` afresh: a copy the caller may change.
+    """
+
+    def __init__(self, records: list) -> None:
+        blobs = [pickle.dumps(r, protocol=pickle.HIGHEST_PROTOCOL) for r in records]
+        self._ends = np.cumsum([len(b) for b in blobs], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(blobs), dtype=np.uint8) if blobs else np.zeros(0, dtype=np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, index: int) -> Any:
+        index = operator.index(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"record {index} of {len(self)}")
+        index %= len(self)
+        start = int(self._ends[index - 1]) if index else 0
+        return pickle.loads(memoryview(self._buffer[start:int(self._ends[index])]))
+
+    @property
+    def nbytes(self) -> int:
+        return self._buffer.nbytes + self._ends.nbytes
+
+
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format instance-segmentation split.
 
@@ -162,9 +199,13 @@ class CocoDetection(torch.utils.data.Dataset):
             no annotation (counted in :attr:`skipped`); otherwise keep everything.
         max_images (int): keep only the first N images by sorted image id (0 = all); in
             training the first N that still have an annotation.
+        serialize (bool): hold the records in one buffer (:class:`SerializedRecords`) and, in
+            training, drop the COCO index; False keeps both as Python objects, the layout whose
+            memory grows in each worker (for ``benchmarks/loader_memory.py``).
 
     Attributes:
-        coco (COCO): the pycocotools index of the whole file (the evaluator's ground truth).
+        coco (COCO | None): the pycocotools index of the whole file (the evaluator's ground
+            truth); None in training, where the items are read from their serialized records.
         ids (list[int]): image ids of the items, in order (sorted).
         skipped (Counter): what was dropped and why: ``crowd``, ``degenerate_box``,
             ``empty_mask`` (annotations), ``image_without_annotations`` (images).
@@ -192,6 +233,7 @@ class CocoDetection(torch.utils.data.Dataset):
         pixel: str = "torchvision",
         train: bool = False,
         max_images: int = 0,
+        serialize: bool = True,
     ) -> None:
         if pixel not in PIXELS:
             raise UsageError(f"model.pixel: {pixel!r} is not one of {', '.join(PIXELS)}")
@@ -202,100 +244,104 @@ class CocoDetection(torch.utils.data.Dataset):
         self.img_dir = self.root / img_dir
         self.pixel = pixel
         self.train = train
-        self.coco = load_coco(self.ann_file)
+        self.coco: COCO | None = load_coco(self.ann_file)
         self.categories: dict[int, str] = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
         self.skipped: Counter = Counter()
-        # image id -> its annotations, sorted by annotation id (kept ones only in training)
-        self._anns: dict[int, list[dict]] = {}
-        self.ids: list[int] = []
+        # per item: (image id, file name, height, width, its annotations sorted by id: the kept
+        # ones only in training)
+        records: list[tuple[int, str, int, int, list[dict]]] = []
         for img_id in sorted(self.coco.imgs):
-            if max_images and len(self.ids) >= max_images:
+            if max_images and len(records) >= max_images:
                 break
+            info = self.coco.imgs[img_id]
             anns = sorted(self.coco.imgToAnns.get(img_id, []), key=operator.itemgetter("id"))
             if train:
-                anns = [ann for ann in anns if self._keep(ann)]
+                anns = [ann for ann in anns if self._keep(ann, info)]
                 if not anns:
                     self.skipped[SKIP_IMAGE] += 1
                     continue
-            self.ids.append(img_id)
-            self._anns[img_id] = anns
-        if not self.ids:
+            records.append((img_id, info["file_name"], info["height"], info["width"], anns))
+        if not records:
             dropped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
             raise UsageError(f"{self.ann_file}: no images to {'train on' if train else 'evaluate'}"
                              + (f" (dropped: {dropped})" if dropped else ""))
-        self._check_image_files()
+        self._ids = np.array([r[0] for r in records], dtype=np.int64)
+        self._check_image_files([r[1] for r in records])
+        self._records = SerializedRecords(records) if serialize else records
+        del records
+        if train and serialize:
+            self.coco = None  # the whole file's index: what the workers would copy
+
+    @property
+    def ids(self) -> list[int]:
+        return self._ids.tolist()
 
     # -- construction helpers -----------------------------------------------------------------
 
-    def _rle(self, ann: dict) -> dict:
-        info = self.coco.imgs[ann["image_id"]]
+    def _rle(self, ann: dict, height: int, width: int) -> dict:
         try:
-            return segmentation_rle(ann["segmentation"], info["height"], info["width"])
+            return segmentation_rle(ann["segmentation"], height, width)
         except (ValueError, TypeError, IndexError, KeyError, OverflowError) as err:
             reason = " ".join(str(err).split()) or type(err).__name__
             raise UsageError(f"{self.ann_file}: annotation id {ann['id']}: cannot decode the "
                              f"segmentation: {reason}") from None
 
-    def _xyxy(self, ann: dict) -> tuple[float, float, float, float]:
+    @staticmethod
+    def _xyxy(ann: dict, height: int, width: int) -> tuple[float, float, float, float]:
         """The annotation's box as xyxy, clipped to the image."""
-        info = self.coco.imgs[ann["image_id"]]
         x, y, w, h = ann["bbox"]
-        x1, y1 = min(max(x, 0.0), info["width"]), min(max(y, 0.0), info["height"])
-        x2, y2 = min(max(x + w, 0.0), info["width"]), min(max(y + h, 0.0), info["height"])
+        x1, y1 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+        x2, y2 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
         return float(x1), float(y1), float(x2), float(y2)
 
-    def _keep(self, ann: dict) -> bool:
+    def _keep(self, ann: dict, info: dict) -> bool:
         """Training filter; counts the reason of a drop. The mask is measured as an RLE (no decoding)."""
         if ann.get("iscrowd", 0):
             self.skipped[SKIP_CROWD] += 1
             return False
-        x1, y1, x2, y2 = self._xyxy(ann)
+        x1, y1, x2, y2 = self._xyxy(ann, info["height"], info["width"])
         if x2 - x1 <= 1 or y2 - y1 <= 1:
             self.skipped[SKIP_DEGENERATE] += 1
             return False
-        if int(mask_utils.area(self._rle(ann))) == 0:
+        if int(mask_utils.area(self._rle(ann, info["height"], info["width"]))) == 0:
             self.skipped[SKIP_EMPTY_MASK] += 1
             return False
         return True
 
-    def _check_image_files(self) -> None:
+    def _check_image_files(self, names: list[str]) -> None:
         """Every kept image exists: one listing of the folder, not one stat per file."""
         if not self.img_dir.is_dir():
             raise UsageError(f"{self.img_dir}: image folder not found (images of {self.ann_file})")
         present = set(os.listdir(self.img_dir))
         missing = []
-        for img_id in self.ids:
-            name = self.coco.imgs[img_id]["file_name"]
+        for name in names:
             found = name in present if "/" not in name else (self.img_dir / name).is_file()
             if not found:
                 missing.append(name)
         if missing:
             raise UsageError(f"{self.img_dir / missing[0]}: image not found ({len(missing)} of the "
-                             f"{len(self.ids)} images of {self.ann_file} missing)")
+                             f"{len(names)} images of {self.ann_file} missing)")
 
     # -- items --------------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self._records)
 
     def __getitem__(self, key: int | tuple[int, bool]) -> tuple[Tensor, dict[str, Any]]:
         if isinstance(key, tuple):
             index, flip = key
         else:
             index, flip = key, False
-        img_id = self.ids[operator.index(index)]
-        info = self.coco.imgs[img_id]
-        height, width = info["height"], info["width"]
-        path = self.img_dir / info["file_name"]
+        img_id, file_name, height, width, anns = self._records[index]
+        path = self.img_dir / file_name
         image = read_image(path, self.pixel)
         if tuple(image.shape[-2:]) != (height, width):
             raise UsageError(f"{path}: image is {image.shape[-1]}x{image.shape[-2]} pixels but "
                              f"{self.ann_file} says {width}x{height}")
-        anns = self._anns[img_id]
         n = len(anns)
-        boxes = torch.tensor([self._xyxy(a) for a in anns], dtype=torch.float32).reshape(n, 4)
+        boxes = torch.tensor([self._xyxy(a, height, width) for a in anns], dtype=torch.float32).reshape(n, 4)
         if n:
-            decoded = [mask_utils.decode(self._rle(a)) for a in anns]  # (H, W) uint8 each
+            decoded = [mask_utils.decode(self._rle(a, height, width)) for a in anns]  # (H, W) uint8 each
             masks = torch.from_numpy(np.ascontiguousarray(np.stack(decoded)))
         else:
             masks = torch.zeros((0, height, width), dtype=torch.uint8)
