@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from fptbench.errors import UsageError
 
-__all__ = ["WriteError", "atomic_write", "write_bytes_atomic", "write_json_atomic", "current_umask"]
+__all__ = ["WriteError", "atomic_write", "writable_dir", "write_bytes_atomic", "write_json_atomic", "current_umask"]
 
 
 class WriteError(UsageError, OSError):
@@ -24,6 +24,28 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
+    """Create ``path`` (and its parents) if needed and check that a file can be made in it, before
+    any work whose result would then be lost.
+
+    Raises:
+        WriteError: ``"PATH: is a file, not a folder"`` or ``"PATH: cannot write in the WHAT: REASON"``
+            (read-only file system, permissions, no space for even a directory entry).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise WriteError(f"{path}: is a file, not a folder (the {what})")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
+        raise WriteError(f"{path}: cannot write in the {what}: {reason}") from None
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, binary: bool = True) -> Path:

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from fptbench.data.image import to_pixels
 from fptbench.errors import UsageError
 from fptbench.evaluation.coco_evaluator import masks_to_rle
-from fptbench.fileio import write_bytes_atomic, write_json_atomic
+from fptbench.fileio import writable_dir, write_bytes_atomic, write_json_atomic
 
 __all__ = ["IMAGE_SUFFIXES", "MAX_CANVAS_SIDE", "PALETTE", "infer_images", "list_images", "read_canvas"]
 
@@ -119,6 +119,7 @@ def infer_images(
     if out_dir.resolve() == Path(image_dir).resolve():
         raise UsageError(f"output folder {out_dir} is the image folder: the drawings would overwrite the images")
     names = _output_names(files)
+    writable_dir(out_dir)
 
     was_training = model.training
     model.eval()

@@ -61,6 +61,9 @@ def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, 
     from fptbench.engine.checkpoint import load_checkpoint
     from fptbench.errors import UsageError
 
+    from fptbench.fileio import writable_dir
+
+    writable_dir(output_dir)  # before the evaluation, whose record would be lost
     info = init_distributed(cfg)
     model = load_model(cfg, ckpt, log=_print if info.rank == 0 else None)
     training: dict[str, Any] = {"checkpoint": str(ckpt), "weights_sha256": weights_digest(model)}

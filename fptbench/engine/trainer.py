@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from fptbench.engine.model import load_model, set_train_sizes, weights_digest
 from fptbench.engine.sampler import TrainBatchSampler
 from fptbench.engine.schedule import build_lr_scheduler
 from fptbench.errors import UsageError
+from fptbench.fileio import writable_dir
 from fptbench.records import RESULT_FILE
 
 __all__ = ["train", "autocast_dtype", "effective_config", "seed_everything", "collate"]
@@ -185,19 +185,14 @@ def train(
 def _check_output(output_dir: Path, *, resume: bool) -> None:
     """The run folder can be written, and holds no other run unless resuming it: one line otherwise."""
     if output_dir.exists() and not output_dir.is_dir():
-        raise UsageError(f"{output_dir}: is a file, not a run folder (--output names a folder)")
+        writable_dir(output_dir, "run folder")  # says it is a file
     if not resume:
         found = [f"{CHECKPOINT_DIR}/{p.name}" for p in list(numbered_checkpoints(output_dir).values())[-1:]]
         found += [RESULT_FILE] if (output_dir / RESULT_FILE).exists() else []
         if found:
             raise UsageError(f"{output_dir}: already holds a run ({', '.join(found)}); continue it with --resume, "
                              f"or choose another --output")
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output_dir):
-            pass
-    except OSError as err:
-        raise UsageError(f"{output_dir}: cannot write in the run folder: {err.strerror or err}") from None
+    writable_dir(output_dir, "run folder")
 
 def _logger(info: DistInfo) -> Callable[[str], None]:
     """Rank 0 writes ``[fptbench] ...`` lines above the progress bar; other ranks are silent."""

@@ -133,7 +133,7 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_on_resume_without_tr
 def test_output_that_is_a_file_is_one_line(synth, tmp_path):
     target = tmp_path / "result.json"
     target.write_text("{}")
-    _one_line_error(_run(synth, target), "is a file, not a run folder")
+    _one_line_error(_run(synth, target), "is a file, not a folder (the run folder)")
     assert target.read_text() == "{}"
 
 
@@ -179,8 +179,14 @@ def mount(tmp_path):
         subprocess.run(["umount", "-l", str(where)], check=False)
 
 
-def test_read_only_output_is_one_line(synth, mount):
-    _one_line_error(_run(synth, mount("ro,size=1m") / "run"), "Read-only file system")
+def test_read_only_output_is_one_line_before_any_work(synth, mount, tmp_path):
+    read_only = mount("ro,size=1m")
+    _one_line_error(_run(synth, read_only / "run"), "cannot write in the run folder: Read-only file system")
+    # eval checks its --output before loading and evaluating (the checkpoint need not even exist)
+    proc = subprocess.run([sys.executable, "-m", "fptbench", "eval", "synth_r18_bfp", "--ckpt", str(tmp_path / "none.pth"),
+                           "--output", str(read_only / "eval"), "--data-root", str(synth)],
+                          env=_env(), capture_output=True, text=True, timeout=300)
+    _one_line_error(proc, "cannot write in the output folder: Read-only file system")
 
 
 def test_full_disk_at_the_checkpoint_is_one_line_and_leaves_no_temp_file(synth, mount):
