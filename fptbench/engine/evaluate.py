@@ -63,8 +63,8 @@ def evaluate_checkpoint(cfg: dict, ckpt: str, output_dir: str | os.PathLike, *, 
 
     from fptbench.fileio import writable_dir
 
+    info = init_distributed(cfg)  # first: an unusable device is refused before anything is written
     writable_dir(output_dir)  # before the evaluation, whose record would be lost
-    info = init_distributed(cfg)
     model = load_model(cfg, ckpt, log=_print if info.rank == 0 else None)
     training: dict[str, Any] = {"checkpoint": str(ckpt), "weights_sha256": weights_digest(model)}
     try:

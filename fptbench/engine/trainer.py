@@ -131,8 +131,8 @@ def train(
     """
     cfg = effective_config(cfg)
     output_dir = Path(output_dir)
+    info = init_distributed(cfg)  # first: an unusable device is refused before anything is written
     _check_output(output_dir, resume=resume)
-    info = init_distributed(cfg)
     log = _logger(info)
     if info.rank == 0:
         for path in clean_temp_files(output_dir):
