@@ -40,7 +40,7 @@ def _reference(root, split, train):
             boxes.append(box)
         if train and not kept:
             continue
-        image = np.asarray(Image.open(root / "images" / split / info["file_name"]).convert("RGB"))
+        image = np.array(Image.open(root / "images" / split / info["file_name"]).convert("RGB"))
         masks = np.stack([coco.annToMask(a) for a in kept]) if kept else np.zeros((0, h, w), np.uint8)
         items.append((img_id, image, np.array(boxes, np.float32).reshape(-1, 4), [a["category_id"] for a in kept],
                       masks, [float(a.get("area", a["bbox"][2] * a["bbox"][3])) for a in kept],
