@@ -31,7 +31,8 @@ def small_arrays(slurm_cluster):
         assert out.returncode == 0, out.stdout + out.stderr
 
     set_size(2)
-    refused = subprocess.run(["sbatch", "--array=0-4", "--wrap", "true"], capture_output=True, text=True, timeout=30)
+    refused = subprocess.run(["sbatch", "--array=0-4", "--output=/dev/null", "--wrap", "true"], capture_output=True,
+                             text=True, timeout=30)
     if refused.returncode == 0:
         subprocess.run(["scancel", refused.stdout.split()[-1]], timeout=30)
     assert refused.returncode != 0, "the scheduler accepts an array of 5"  # it must refuse it
