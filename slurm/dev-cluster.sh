@@ -351,7 +351,10 @@ cmd_status() {
     fi
 }
 
-# max-array-size N: set MaxArraySize on the running cluster (slurm.conf + scontrol reconfigure).
+# max-array-size N: set MaxArraySize on the running cluster (slurm.conf, then slurmctld restarted
+# on its saved state). `scontrol reconfigure` alone lowers the limit but does not raise it again:
+# seen with Slurm 22.05 here, where after 2 -> 1001 `scontrol show config` said 1001 and sbatch
+# still refused an array of 3 ("Invalid job array specification").
 cmd_max_array_size() {
     need_root
     local n=${1:-}
@@ -359,10 +362,19 @@ cmd_max_array_size() {
     pid_alive slurmctld || die "max-array-size: the cluster is not up (start it first)"
     sed -i "s/^MaxArraySize=.*/MaxArraySize=$n/" "$STATE/etc/slurm.conf"
     cp "$STATE/etc/slurm.conf" "$CLIENT_CONF.tmp" && mv "$CLIENT_CONF.tmp" "$CLIENT_CONF"
-    SLURM_CONF="$STATE/etc/slurm.conf" timeout 30 scontrol reconfigure || die "scontrol reconfigure failed"
+    export SLURM_CONF=$STATE/etc/slurm.conf
+    kill -TERM "$(cat "$STATE/run/slurmctld.pid")" 2>/dev/null || true
+    local deadline=$((SECONDS + 20))
+    while pid_alive slurmctld; do
+        ((SECONDS < deadline)) || die "max-array-size: slurmctld did not stop within 20 s"
+        sleep 0.2
+    done
+    slurmctld </dev/null >>"$STATE/log/slurmctld.out" 2>&1 || die_log "$STATE/log/slurmctld.log" "slurmctld failed to restart"
+    wait_for slurmctld "$STATE/log/slurmctld.log" scontrol ping
+    wait_for "node $(cat "$STATE/run/host") (idle in sinfo)" "$STATE/log/slurmd.log" node_ready
     local now
     now=$(SLURM_CONF="$STATE/etc/slurm.conf" timeout 10 scontrol show config | awk '$1 == "MaxArraySize" { print $3 }')
-    [[ $now == "$n" ]] || die "max-array-size: slurmctld reports MaxArraySize=$now after reconfigure, not $n"
+    [[ $now == "$n" ]] || die "max-array-size: slurmctld reports MaxArraySize=$now after its restart, not $n"
     echo "dev-cluster: MaxArraySize=$n"
 }
 
