@@ -81,8 +81,9 @@ def test_ci_runs_exactly_the_readme_test_command(repo_root):
     assert os.access(ci, os.X_OK)
     commands = [line for line in ci.read_text().splitlines()
                 if line.strip() and not line.startswith("#") and not line.startswith(("set ", "cd "))]
-    # besides the test command, CI only starts (and, on exit, stops) the SLURM dev cluster
-    assert commands[-1] == tests
+    # besides the test command and then the slow tests it leaves out (pyproject's addopts), CI
+    # only starts (and, on exit, stops) the SLURM dev cluster
+    assert commands[-1] == tests + " && python -m pytest -q -m slow"
     assert all("slurm/dev-cluster.sh" in line for line in commands[:-1]), commands
 
 
