@@ -110,6 +110,11 @@ def test_choice_lists_mirrored_from_the_model_are_the_models():
 
     assert SCHEMA["gt.normalizer"].choices == NORMALIZERS
     assert SCHEMA["st.dropout_on"].choices == DROPOUT_ON
+    from fptbench.modeling.fpt import NORMS
+    from fptbench.modeling.self_transformer import MIXTURE_INPUTS
+
+    assert SCHEMA["fpt.norm"].choices == NORMS
+    assert SCHEMA["st.mixture_input"].choices == MIXTURE_INPUTS
 
 
 def test_config_imports_no_torch():

@@ -14,7 +14,10 @@ from fptbench.ops.mos_attention import DROPOUT_ON
 
 from .mixture import MixtureWeights
 
-__all__ = ["SelfTransformer"]
+__all__ = ["SelfTransformer", "MIXTURE_INPUTS"]
+
+# What pi is computed from; fptbench.config's st.mixture_input is pinned to this.
+MIXTURE_INPUTS = ("keys", "queries")
 
 
 class SelfTransformer(nn.Module):
@@ -71,7 +74,7 @@ class SelfTransformer(nn.Module):
         super().__init__()
         if normalizer not in ("mos", "softmax"):
             raise ValueError(f"SelfTransformer: normalizer must be 'mos' or 'softmax', got {normalizer!r}")
-        if mixture_input not in ("keys", "queries"):
+        if mixture_input not in MIXTURE_INPUTS:
             raise ValueError(f"SelfTransformer: mixture_input must be 'keys' or 'queries', got {mixture_input!r}")
         if dropout_on not in DROPOUT_ON:
             raise ValueError(f"SelfTransformer: dropout_on must be one of {DROPOUT_ON}, got {dropout_on!r}")

@@ -6,7 +6,7 @@ import torch
 from fptbench.ops import local_mos_attention
 from fptbench.ops.local_attention import cell_groups
 
-from .memory import largest_tensor_created
+from fptbench.ops.guard import largest_tensor_created
 from .test_mos_attention import assert_close_rel
 
 
