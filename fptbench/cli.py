@@ -186,6 +186,10 @@ SEED_CONFIGS = {  # the seed's Detectron configs -> the fptbench preset with the
 SEED_DATASETS = {"coco2017": ("coco2017_train", "coco2017_val")}  # --dataset NAME -> data.train, data.test
 
 
+def _cannot_honour(flag: str, why: str) -> UsageError:
+    return UsageError(f"{flag}: {SEED} flag, which fptbench cannot honour: {why}")
+
+
 class _Refused(argparse.Action):
     """A flag of the seed's that fptbench cannot honour: a one-line error that says so and why."""
 
@@ -194,7 +198,7 @@ class _Refused(argparse.Action):
         super().__init__(option_strings, dest, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        raise UsageError(f"{option_string}: {SEED} flag, which fptbench cannot honour: {self.why}")
+        raise _cannot_honour(option_string, self.why)
 
 
 def _seed_args(parser: argparse.ArgumentParser, command: str) -> None:
@@ -298,7 +302,7 @@ def _seed_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     ]
     for bad, flag, why in refused:
         if bad:
-            raise UsageError(f"{flag}: {SEED} flag, which fptbench cannot honour: {why}")
+            raise _cannot_honour(flag, why)
     return out
 
 
@@ -439,7 +443,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
         problem = ProfileRequest.problem(name, getattr(args, name))
         if problem:
             raise UsageError(f"{flag}: {problem}")
-    request = ProfileRequest(size=tuple(args.size), runs=args.runs, warmup=args.warmup)
     if args.device == "cuda":
         import torch
 
@@ -448,8 +451,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     cfg = load_config(args.name, [tuple(pair) for pair in args.overrides])
     from fptbench.engine.profile import format_profile, profile_model
 
-    result = profile_model(cfg, size=request.size, device=args.device, runs=request.runs,
-                           warmup=request.warmup, progress=True)
+    result = profile_model(cfg, size=tuple(args.size), device=args.device, runs=args.runs,
+                           warmup=args.warmup, progress=True)
     print(format_profile(result))
     if args.json:
         from fptbench.fileio import write_json_atomic

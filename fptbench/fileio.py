@@ -42,7 +42,7 @@ def writable_dir(path: str | os.PathLike, what: str = "output folder") -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as err:
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        blocker = _blocker(path)
         reason = f"{blocker} is a file, not a folder" if blocker is not None else (err.strerror or str(err))
         raise WriteError(f"{path}: cannot write in the {what}: {reason}") from None
     return path
@@ -76,7 +76,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], None], *, b
             os.unlink(tmp)
         if isinstance(err, OSError) and not isinstance(err, WriteError):
             reason = err.strerror or str(err)
-            blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+            blocker = _blocker(path)
             if blocker is not None:  # mkdir says "File exists", open "Not a directory"
                 reason = f"{blocker} is a file, not a folder"
             raise WriteError(f"{path}: cannot write: {reason}") from None
@@ -98,3 +98,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def _blocker(path: Path) -> Path | None:
+    """The first parent of ``path`` that exists and is a file (why a folder there cannot be made)."""
+    return next((p for p in path.parents if p.exists() and not p.is_dir()), None)

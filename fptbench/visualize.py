@@ -17,10 +17,10 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torchvision.transforms.functional import pil_to_tensor
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 from tqdm import tqdm
 
@@ -163,7 +163,7 @@ def infer_images(
     return images_out
 
 
-def read_canvas(path: str | Path, max_side: int = 1333) -> tuple[torch.Tensor, tuple[int, int]]:
+def read_canvas(path: str | Path, max_side: int = MAX_CANVAS_SIDE) -> tuple[torch.Tensor, tuple[int, int]]:
     """An image file as uint8 RGB (3, h, w), downscaled so that its long side is at most
     ``max_side`` (never upscaled), and the file's (width, height). JPEGs are decoded at the
     reduced scale (PIL's draft mode): a 50-megapixel photograph never exists in memory at full size.
@@ -191,7 +191,7 @@ def read_canvas(path: str | Path, max_side: int = 1333) -> tuple[torch.Tensor, t
     except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError, truncated files
         reason = " ".join(str(err).split()) or type(err).__name__
         raise UsageError(f"{path}: cannot read the image: {reason}") from None
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1), (width, height)
+    return pil_to_tensor(rgb), (width, height)
 
 
 def _class_name(class_names: Mapping[int, str], label: int) -> str:

@@ -170,7 +170,7 @@ def test_seed_resume_from_a_checkpoint_ends_with_the_same_weights(seed_run):
     first = json.loads((out / "result.json").read_text())["training"]
     again = json.loads((resumed / "result.json").read_text())["training"]
     assert again["iterations"] == 2 and again["weights_sha256"] == first["weights_sha256"]
-    # the same again in that folder is the same checkpoint, not a conflict; a different one is refused
+    # a different checkpoint in that folder is refused
     refused = fptbench("train", "--cfg", "synth_r18_fpt", "--bs", 1, "--nw", 0, "--load_ckpt",
                        out / "checkpoints" / "model_0000001.pth", "--resume", "--output", resumed, "--data-root", root,
                        "--dataset", "coco2017", *_seed_set("train.checkpoint_period", "1"), check=False)

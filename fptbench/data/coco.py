@@ -181,10 +181,6 @@ class SerializedRecords:
         start = int(self._ends[index - 1]) if index else 0
         return pickle.loads(memoryview(self._buffer[start:int(self._ends[index])]))
 
-    @property
-    def nbytes(self) -> int:
-        return self._buffer.nbytes + self._ends.nbytes
-
 
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format instance-segmentation split.

@@ -90,7 +90,7 @@ def save_checkpoint(
         "extra": extra or {},
     }
     path = atomic_write(folder / f"model_{iteration:07d}.pth", _saver(state, folder))
-    _link_last(path, state)
+    _link_last(path)
     return path
 
 
@@ -108,7 +108,7 @@ def _saver(state: dict[str, Any], folder: Path):
     return write
 
 
-def _link_last(path: Path, state: dict[str, Any] | None = None) -> None:
+def _link_last(path: Path) -> None:
     """Make ``last.pth`` beside ``path`` the same file, atomically: a hard link, or (no hard links
     on this file system) a copy."""
     folder = path.parent
@@ -119,8 +119,8 @@ def _link_last(path: Path, state: dict[str, Any] | None = None) -> None:
         os.replace(tmp, folder / LAST)
     except OSError:
         tmp.unlink(missing_ok=True)
-        data = path.read_bytes() if state is None else None
-        atomic_write(folder / LAST, (lambda f: f.write(data)) if state is None else _saver(state, folder))
+        with path.open("rb") as src:  # the bytes just written, streamed, not read into memory
+            atomic_write(folder / LAST, lambda f: shutil.copyfileobj(src, f))
 
 
 def find_last(output_dir: str | os.PathLike) -> Path | None:

@@ -20,7 +20,6 @@ __all__ = [
     "DistInfo",
     "choose_device",
     "close_distributed",
-    "cuda_available",
     "cuda_device_count",
     "gpu_request",
     "init_distributed",
@@ -170,11 +169,6 @@ def close_distributed() -> None:
     """Destroy the default process group if this process set one up (a no-op otherwise)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def cuda_available() -> bool:
-    """Whether this process sees a CUDA device (what the launcher asks before requesting GPUs)."""
-    return torch.cuda.is_available()
 
 
 def cuda_device_count() -> int:

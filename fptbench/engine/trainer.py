@@ -183,9 +183,8 @@ def train(
 # the steps of train(), in order
 
 def _check_output(output_dir: Path, *, resume: bool) -> None:
-    """The run folder can be written, and holds no other run unless resuming it: one line otherwise."""
-    if output_dir.exists() and not output_dir.is_dir():
-        writable_dir(output_dir, "run folder")  # says it is a file
+    """The run folder can be written, and holds no other run unless resuming it: one line otherwise.
+    (A file in its place has no checkpoints or record: ``writable_dir`` names it.)"""
     if not resume:
         found = [f"{CHECKPOINT_DIR}/{p.name}" for p in list(numbered_checkpoints(output_dir).values())[-1:]]
         found += [RESULT_FILE] if (output_dir / RESULT_FILE).exists() else []
@@ -193,6 +192,7 @@ def _check_output(output_dir: Path, *, resume: bool) -> None:
             raise UsageError(f"{output_dir}: already holds a run ({', '.join(found)}); continue it with --resume, "
                              f"or choose another --output")
     writable_dir(output_dir, "run folder")
+
 
 def _logger(info: DistInfo) -> Callable[[str], None]:
     """Rank 0 writes ``[fptbench] ...`` lines above the progress bar; other ranks are silent."""

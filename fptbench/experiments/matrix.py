@@ -62,7 +62,7 @@ from fptbench.config import (
 )
 from fptbench.errors import UsageError
 from fptbench.paths import REPO_ROOT, resolve_name_or_path
-from fptbench.yamlio import YAMLFileError, compose_yaml, construct, read_text
+from fptbench.yamlio import compose_yaml, construct, read_text
 
 __all__ = ["Cell", "Matrix", "MatrixError", "find_matrix", "load_matrix", "value_label"]
 

@@ -25,7 +25,7 @@ from fptbench.fileio import write_json_atomic
 from fptbench.records import RESULT_FILE
 
 __all__ = [
-    "COMPLETE_KEYS", "STATE_FILE", "LAUNCH_FILE", "ERROR_FILE", "RESULT_FILE",
+    "COMPLETE_KEYS", "EXECUTORS", "STATE_FILE", "LAUNCH_FILE", "ERROR_FILE", "RESULT_FILE",
     "now_iso", "read_json", "json_problem", "is_complete", "read_complete_record", "SweepState",
 ]
 
@@ -80,15 +80,15 @@ def read_complete_record(run_dir: Path) -> dict[str, Any] | None:
     return record if is_complete(record) else None
 
 
-_EXECUTORS = ("local", "slurm", "debug")  # fptbench.launch.sweep.EXECUTORS (pinned by a test)
+EXECUTORS = ("local", "slurm", "debug")  # the launcher's executors (fptbench.launch.sweep uses this one)
 
 
 def _entry_problem(entry: Any) -> str:
     """What is wrong with one cell's entry of sweep.json (hand-edited?), or '' if nothing."""
     if not isinstance(entry, dict):
         return f"expected an object, got {type(entry).__name__}"
-    if entry.get("executor") not in _EXECUTORS:
-        return f"executor: expected one of {', '.join(_EXECUTORS)}, got {entry.get('executor')!r}"
+    if entry.get("executor") not in EXECUTORS:
+        return f"executor: expected one of {', '.join(EXECUTORS)}, got {entry.get('executor')!r}"
     for key in ("job_id", "folder"):
         if not isinstance(entry.get(key), str) or not entry[key]:
             return f"{key}: expected a non-empty string, got {entry.get(key)!r}"

@@ -30,14 +30,13 @@ from typing import Any, Callable, Mapping, Sequence
 from fptbench.errors import UsageError
 from fptbench.launch.cell import CellRunner, CellSpec
 from fptbench.launch.cluster import ClusterProfile
-from fptbench.launch.lock import SWEEP_LOCK, FolderLock, process_alive, process_start
-from fptbench.launch.state import SweepState
+from fptbench.launch.lock import SWEEP_LOCK, FolderLock, is_locked, process_alive, process_start
+from fptbench.launch.state import EXECUTORS, SweepState
 from fptbench.launch.status import ACTIVE, CellStatus, cell_statuses, log_paths
 
 __all__ = ["EXECUTORS", "PlanItem", "plan_sweep", "run_sweep", "sweep_status", "cancel_sweep",
            "format_plan", "format_status", "results_root", "visible_gpu_ids", "gpu_slots"]
 
-EXECUTORS = ("local", "slurm", "debug")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # [ours] submitit's local default is 2 min: a cell may take hours
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 
@@ -243,7 +242,7 @@ def run_sweep(
     # One sweep at a time per results folder, for its whole run: plan, submit, wait. The state is
     # read under the lock, so a sweep that waited for another plans from what that one did.
     lock = FolderLock(root, SWEEP_LOCK)
-    if wait_lock and not _lock_free(lock):
+    if wait_lock and is_locked(lock.path):
         echo(f"sweep {matrix.name}: waiting for the lock on {root} ...")
     lock.acquire(wait=wait_lock, hint="one sweep at a time per results folder; wait for it to end or "
                                       "pass --wait-lock to queue behind it")
@@ -253,12 +252,6 @@ def run_sweep(
                                  echo, started)
     finally:
         lock.release()
-
-
-def _lock_free(lock: FolderLock) -> bool:
-    from fptbench.launch.lock import is_locked
-
-    return not is_locked(lock.path)
 
 
 @contextlib.contextmanager

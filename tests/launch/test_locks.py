@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -139,13 +138,6 @@ def test_a_hand_edited_sweep_json_is_one_line_exit_2(work, edit, fragment, comma
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fptbench: error:") and fragment in lines[0], result.stderr
     assert "sweep.json" in lines[0]
-
-
-def test_the_state_files_executors_are_the_launchers():
-    from fptbench.launch.state import _EXECUTORS
-    from fptbench.launch.sweep import EXECUTORS
-
-    assert _EXECUTORS == EXECUTORS
 
 
 def test_a_corrupt_record_is_reported_as_corrupt(work, monkeypatch):
