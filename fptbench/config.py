@@ -69,7 +69,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 """Where named configs live: ``load_config("NAME")`` reads ``CONFIG_DIR / "NAME.yaml"``."""
 
 FPT_CHANNELS = 256
-"""Width of every pyramid level (torchvision FPN ``out_channels``); ST works at this width."""
+"""The paper's pyramid width (torchvision FPN ``out_channels``), the default of ``model.fpn_channels``."""
 
 
 MIN_SIDE = 32
@@ -143,6 +143,11 @@ SCHEMA: dict[str, Key] = {
     "model.rpn_pre_nms_top_n_test": Key(1000, int, "RPN proposals kept per level before NMS at inference (torchvision: 1000)", min=1),
     "model.rpn_post_nms_top_n_test": Key(1000, int, "RPN proposals kept after NMS at inference (torchvision: 1000)", min=1),
     "model.box_batch_size_per_image": Key(512, int, "RoIs sampled per image for the box (and mask) head losses (torchvision: 512)", min=1),
+    "model.box_positive_fraction": Key(0.25, float, "largest share of positives among the sampled RoIs; the mask head trains on these positives (torchvision: 0.25)", min=0.0, max=1.0),
+    "model.roi_sampling_ratio": Key(2, int, "RoIAlign sampling points per bin side in the box and mask poolers (torchvision: 2; 0 = adaptive)", min=0),
+    "model.fpn_channels": Key(FPT_CHANNELS, int, "pyramid width d: every FPN/FPT level and the heads' input, channels [paper: 256]", min=1),
+    "model.box_head_dim": Key(1024, int, "width of the box head's two fully connected layers (torchvision TwoMLPHead: 1024)", min=1),
+    "model.mask_head_channels": Key(256, int, "width of the mask head's four 3x3 convs and its deconv (torchvision MaskRCNNHeads: 256)", min=1),
     "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
     "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
     "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3) [ours]", sources={True: "code", False: "ours"}),
@@ -156,7 +161,7 @@ SCHEMA: dict[str, Key] = {
     "fpt.norm": Key("gn", str, "normalisation after each level's 3x3 fusion conv", choices=("none", "bn", "gn")),
     # st: Self-Transformer
     "st.normalizer": Key("mos", str, "mos = mixture of st.parts softmaxes [paper]; softmax = one softmax, st.parts then treated as 1", choices=("mos", "softmax"), sources={"mos": "paper"}),
-    "st.parts": Key(2, int, "MoS channel parts N [paper: 2]; must divide the 256 pyramid channels (ignored with softmax)", min=1),
+    "st.parts": Key(2, int, "MoS channel parts N [paper: 2]; must divide model.fpn_channels (ignored with softmax)", min=1),
     "st.pool_kv": Key(False, bool, "keys/values from a 3x3 stride-2 average pool of the level: 4x fewer positions [code]; false = every position [paper]", sources={True: "code", False: "paper"}),
     "st.shared_qk": Key(False, bool, "one 1x1 conv computes both queries and keys [code]; false = one conv each [paper]", sources={True: "code", False: "paper"}),
     "st.mixture_input": Key("keys", str, "what the MoS weights pi are computed from: keys = mean of k [paper, wording unconfirmed], queries = mean of the full-resolution q [code]", choices=("keys", "queries"), sources={"keys": "paper", "queries": "code"}),
@@ -473,7 +478,7 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
     """Check a complete nested config (every schema key, nothing else) and return a clean copy.
 
     Types, choices and ranges per :data:`SCHEMA`, then the rules that involve two keys:
-    ``st.parts`` divides the 256 pyramid channels and ``gt.parts`` divides ``gt.channels``
+    ``st.parts`` divides ``model.fpn_channels`` and ``gt.parts`` divides ``gt.channels``
     (both unchecked with the ``softmax`` normalizer, which uses a single part),
     ``gt.window`` is 0 or odd, and ``model.min_size <= model.max_size``.
     """
@@ -487,8 +492,8 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
     def fail(message: str) -> ConfigError:
         return ConfigError(f"{where}: {message}")
 
-    if flat["st.normalizer"] == "mos" and FPT_CHANNELS % flat["st.parts"]:
-        raise fail(f"st.parts={flat['st.parts']} must divide the {FPT_CHANNELS} pyramid channels "
+    if flat["st.normalizer"] == "mos" and flat["model.fpn_channels"] % flat["st.parts"]:
+        raise fail(f"st.parts={flat['st.parts']} must divide model.fpn_channels={flat['model.fpn_channels']} "
                    f"(st.normalizer=mos)")
     if flat["gt.normalizer"] == "mos" and flat["gt.channels"] % flat["gt.parts"]:
         raise fail(f"gt.parts={flat['gt.parts']} must divide gt.channels={flat['gt.channels']} "

@@ -71,7 +71,9 @@ def test_defaults_are_the_interface_values():
                             "anchor_sizes": [32, 64, 128, 256, 512],
                             "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 2000,
                             "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000,
-                            "box_batch_size_per_image": 512,
+                            "box_batch_size_per_image": 512, "box_positive_fraction": 0.25,
+                            "roi_sampling_ratio": 2, "fpn_channels": 256, "box_head_dim": 1024,
+                            "mask_head_channels": 256,
                             "weights": "", "backbone_weights": "", "stride_in_1x1": False}
     assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all",
                           "fuse_init": "default", "norm": "gn"}
@@ -338,7 +340,8 @@ def test_file_structure_errors(tmp_path):
 
 def test_st_parts_must_divide_the_pyramid_channels():
     assert error_of("maskrcnn_r50_fpt", [("st.parts", "3")]) == (
-        "maskrcnn_r50_fpt.yaml (with --set): st.parts=3 must divide the 256 pyramid channels (st.normalizer=mos)")
+        "maskrcnn_r50_fpt.yaml (with --set): st.parts=3 must divide model.fpn_channels=256 (st.normalizer=mos)")
+    assert "must divide model.fpn_channels=96" in error_of("maskrcnn_r50_fpt", [("model.fpn_channels", "96"), ("st.parts", "5")])
     assert load_config("maskrcnn_r50_fpt", [("st.parts", "8")])["st"]["parts"] == 8
 
 

@@ -43,6 +43,7 @@ FPT_INPUTS = ("fpn", "lateral")
 RETURN_LAYERS = {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"}
 
 OUT_CHANNELS = 256
+"""The paper's pyramid width d; the builders' default (configs set it with ``model.fpn_channels``)."""
 
 
 def cfg_get(cfg: dict[str, Any], key: str, choices: Optional[Sequence[Any]] = None) -> Any:
@@ -210,19 +211,21 @@ class FPTBackbone(nn.Module):
         return out
 
 
-def bfp_backbone(*, body: resnet.ResNet, trainable_layers: int = 5) -> BackboneWithFPN:
+def bfp_backbone(*, body: resnet.ResNet, trainable_layers: int = 5, out_channels: int = OUT_CHANNELS) -> BackboneWithFPN:
     """BFP: torchvision's ``BackboneWithFPN`` over C2..C5, as ``maskrcnn_resnet50_fpn`` builds it.
 
     Args:
         body (resnet.ResNet): from :func:`resnet_body`; its parameters are frozen in place.
         trainable_layers (int): 0..5, see :func:`freeze_layers`.
+        out_channels (int): pyramid width d.
     """
     freeze_layers(body, trainable_layers)
-    return BackboneWithFPN(body, RETURN_LAYERS, stage_channels(body), OUT_CHANNELS)
+    return BackboneWithFPN(body, RETURN_LAYERS, stage_channels(body), out_channels)
 
 
 def fpt_backbone(
-    *, body: resnet.ResNet, fpt: nn.Module, fpt_input: str = "fpn", lateral_norm: str = "none", trainable_layers: int = 5
+    *, body: resnet.ResNet, fpt: nn.Module, fpt_input: str = "fpn", lateral_norm: str = "none", trainable_layers: int = 5,
+    out_channels: int = OUT_CHANNELS,
 ) -> FPTBackbone:
     """BFP (or laterals) + FPT, see :class:`FPTBackbone`.
 
@@ -234,7 +237,7 @@ def fpt_backbone(
         trainable_layers (int): 0..5, see :func:`freeze_layers`.
     """
     freeze_layers(body, trainable_layers)
-    return FPTBackbone(body, stage_channels(body), fpt, OUT_CHANNELS, fpt_input=fpt_input, lateral_norm=lateral_norm)
+    return FPTBackbone(body, stage_channels(body), fpt, out_channels, fpt_input=fpt_input, lateral_norm=lateral_norm)
 
 
 def build_backbone(cfg: dict[str, Any]) -> nn.Module:
@@ -245,8 +248,8 @@ def build_backbone(cfg: dict[str, Any]) -> nn.Module:
 
     Returns:
         nn.Module: ``BackboneWithFPN`` or :class:`FPTBackbone`; ``forward(x)`` maps images
-        (B, 3, H, W) to an OrderedDict ``"0".."3", "pool"`` of (B, 256, h, w) maps and
-        ``out_channels == 256``.
+        (B, 3, H, W) to an OrderedDict ``"0".."3", "pool"`` of (B, d, h, w) maps and
+        ``out_channels == d`` (``model.fpn_channels``, 256 in the paper).
     """
     name = cfg_get(cfg, "model.backbone", RESNETS)
     norm = cfg_get(cfg, "model.backbone_norm", NORM_LAYERS)
@@ -257,7 +260,9 @@ def build_backbone(cfg: dict[str, Any]) -> nn.Module:
     body = resnet_body(name=name, norm=norm, stride_in_1x1=cfg_get(cfg, "model.stride_in_1x1", (True, False)))
     # Seam for pretrained weights: a local ImageNet checkpoint loads into `body` here, before
     # freezing; its keys are torchvision's classification keys (`fc.*` unused).
+    width = cfg_get(cfg, "model.fpn_channels")
     if not use_fpt:
-        return bfp_backbone(body=body, trainable_layers=trainable_layers)
-    fpt = FeaturePyramidTransformer.from_config(cfg, channels=OUT_CHANNELS, num_levels=len(RETURN_LAYERS))
-    return fpt_backbone(body=body, fpt=fpt, fpt_input=fpt_input, lateral_norm=cfg["fpt"]["norm"], trainable_layers=trainable_layers)
+        return bfp_backbone(body=body, trainable_layers=trainable_layers, out_channels=width)
+    fpt = FeaturePyramidTransformer.from_config(cfg, channels=width, num_levels=len(RETURN_LAYERS))
+    return fpt_backbone(body=body, fpt=fpt, fpt_input=fpt_input, lateral_norm=cfg["fpt"]["norm"],
+                        trainable_layers=trainable_layers, out_channels=width)

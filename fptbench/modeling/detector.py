@@ -10,7 +10,10 @@ from typing import Any, Callable, Sequence
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
 
 from fptbench.modeling.backbone import build_backbone, cfg_get
 
@@ -38,6 +41,10 @@ def build_detector(
     rpn_pre_nms_top_n_test: int = 1000,
     rpn_post_nms_top_n_test: int = 1000,
     box_batch_size_per_image: int = 512,
+    box_positive_fraction: float = 0.25,
+    roi_sampling_ratio: int = 2,
+    box_head_dim: int = 1024,
+    mask_head_channels: int = 256,
 ) -> GeneralizedRCNN:
     """torchvision's detector of kind ``head`` on ``backbone``.
 
@@ -54,16 +61,36 @@ def build_detector(
         box_detections_per_img (int): most detections kept per image.
         anchor_sizes: one anchor side per level P2..P6, pixels, each with aspect ratios
             0.5, 1 and 2 (torchvision's AnchorGenerator defaults).
-        rpn_*_nms_top_n_*, box_batch_size_per_image: torchvision's RPN and RoI-head settings.
+        rpn_*_nms_top_n_*, box_batch_size_per_image, box_positive_fraction: torchvision's RPN and
+            RoI-head settings.
+        roi_sampling_ratio (int): RoIAlign sampling points per bin side, box and mask poolers
+            (torchvision: 2).
+        box_head_dim (int): width of the box head's two fully connected layers (torchvision: 1024).
+        mask_head_channels (int): width of the mask head's four convs and deconv (torchvision:
+            256; Mask R-CNN only).
 
     Returns:
         GeneralizedRCNN: ``MaskRCNN`` or ``FasterRCNN``.
     """
     if head not in HEADS:
         raise ValueError(f"head: {head!r} is not one of {', '.join(HEADS)}")
+    levels = ["0", "1", "2", "3"]
+    heads: dict[str, nn.Module] = {"box_roi_pool": MultiScaleRoIAlign(levels, 7, roi_sampling_ratio)}
+    if head == "mask_rcnn":
+        heads["mask_roi_pool"] = MultiScaleRoIAlign(levels, 14, roi_sampling_ratio)
+    # Head modules are passed only where a width differs from torchvision's: at its widths
+    # torchvision builds them itself, in its own order, so the model is maskrcnn_resnet50_fpn's,
+    # initial weights included (same seed, same random draws). torchvision refuses num_classes
+    # beside a predictor, so a custom width passes every head and predictor.
+    if box_head_dim != 1024 or (head == "mask_rcnn" and mask_head_channels != 256):
+        if head == "mask_rcnn":
+            heads["mask_head"] = MaskRCNNHeads(backbone.out_channels, [mask_head_channels] * 4, 1)
+            heads["mask_predictor"] = MaskRCNNPredictor(mask_head_channels, mask_head_channels, num_classes)
+        heads["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, box_head_dim)
+        heads["box_predictor"] = FastRCNNPredictor(box_head_dim, num_classes)
     return HEADS[head](
         backbone,
-        num_classes=num_classes,
+        num_classes=None if "box_predictor" in heads else num_classes,
         min_size=min_size,
         max_size=max_size,
         image_mean=image_mean,
@@ -76,6 +103,8 @@ def build_detector(
         rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
         box_batch_size_per_image=box_batch_size_per_image,
+        box_positive_fraction=box_positive_fraction,
+        **heads,
     )
 
 
@@ -124,4 +153,8 @@ _RPN_ROI_KEYS = (
     "rpn_pre_nms_top_n_test",
     "rpn_post_nms_top_n_test",
     "box_batch_size_per_image",
+    "box_positive_fraction",
+    "roi_sampling_ratio",
+    "box_head_dim",
+    "mask_head_channels",
 )

@@ -154,6 +154,51 @@ def test_faster_rcnn_has_no_mask_branch():
     assert len(detections["boxes"]) > 0
 
 
+def test_bfp_at_default_widths_draws_torchvisions_initial_weights():
+    # The [ours] head widths of the synthetic configs are keys whose defaults are torchvision's;
+    # at those defaults the heads are torchvision's own, built in its order: same seed, same
+    # initial weights (a model that built its heads itself would draw them in another order).
+    torch.manual_seed(0)
+    ours = build_model(make_cfg("maskrcnn_r50_bfp", SMALL))
+    torch.manual_seed(0)
+    theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
+                                   min_size=MIN_SIZE, max_size=MAX_SIZE)
+    mine = ours.state_dict()
+    for key, value in theirs.state_dict().items():
+        assert torch.equal(mine[key], value), key
+
+
+@pytest.mark.parametrize("head", ["mask_rcnn", "faster_rcnn"])
+def test_pyramid_and_head_widths_and_roi_sampling_are_keys(head):
+    # model.fpn_channels, box_head_dim, mask_head_channels, roi_sampling_ratio and
+    # box_positive_fraction reach torchvision's modules, and the narrower model trains.
+    cfg = make_cfg("synth_r18_fpt", {"model.head": head, "model.fpn_channels": 32, "model.box_head_dim": 48,
+                                     "model.mask_head_channels": 16, "model.roi_sampling_ratio": 1,
+                                     "model.box_positive_fraction": 0.5, "gt.channels": 16})
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    rh = model.roi_heads
+    assert model.backbone.out_channels == 32
+    assert all(f.shape[1] == 32 for f in model.backbone(torch.rand(1, 3, 64, 64)).values())
+    assert rh.box_head.fc6.in_features == 32 * 7 * 7 and rh.box_head.fc7.out_features == 48
+    assert rh.box_predictor.cls_score.weight.shape == (8, 48)
+    assert rh.box_roi_pool.sampling_ratio == 1
+    assert rh.fg_bg_sampler.positive_fraction == 0.5
+    if head == "mask_rcnn":
+        assert rh.mask_roi_pool.sampling_ratio == 1
+        assert [m[0].out_channels for m in rh.mask_head] == [16] * 4
+        assert rh.mask_predictor.mask_fcn_logits.weight.shape == (8, 16, 1, 1)
+    else:
+        assert not rh.has_mask()
+    model.train()
+    image, target = image_and_target()
+    if head == "faster_rcnn":
+        target = {k: v for k, v in target.items() if k != "masks"}
+    losses = model([image], [target])
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
 @pytest.mark.parametrize("name", list(RESNETS))
 def test_every_backbone_is_torchvisions(name):
     # Each model.backbone name must be torchvision's classification network of that name
