@@ -42,11 +42,18 @@ class FeaturePyramidTransformer(nn.Module):
     neighbouring levels. A switched-off transformer contributes nothing to the concatenation.
 
     Module names say what they are: ``st.p3`` is ST at P3, ``gt.p2_from_p4`` grounds P2 in P4,
-    ``rt.p5_from_p2`` renders P5 with P2, ``fuse.p2`` is P2's fusion conv.
+    ``rt.p5_from_p2`` renders P5 with P2, ``fuse.p2`` is P2's fusion conv. Level i is named
+    P(first_level + i) by its place in the pyramid, whatever its stride.
+
+    The scale s = stride(c) / stride(f) of each GT and RT pair comes from ``level_strides``, so
+    levels that share a resolution (s = 1: the unscathed pyramid of the segmentation models, or
+    C3..C5 of a dilated trunk) work as strided ones do. ``forward`` checks that the maps' sizes
+    agree with it: a pyramid of another shape would make LGT's windows and RT's downsampling
+    silently wrong.
 
     Args:
         channels: C of every level (the pyramid width; fptbench.modeling.backbone.OUT_CHANNELS).
-        num_levels: pyramid levels, finest first; level i is P(first_level + i), stride 2^(i+2).
+        num_levels: pyramid levels, finest first.
         st, gt, rt: which transformers are on (at least one).
         pairs: "all" | "adjacent".
         norm: norm after each fusion conv, "none" | "bn" | "gn" (GN with 32 groups; the
@@ -55,13 +62,18 @@ class FeaturePyramidTransformer(nn.Module):
             conv starts as the identity on its level's own input X_l and zero on the transformer
             outputs, so the neck starts as BFP (exactly, with norm "none") and the transformers'
             contributions grow from zero, as GT's zero-initialised BN does [code].
+        first_level: the name of level 0 is P(first_level).
+        level_strides: stride of each level with respect to the image, finest first, each a
+            power-of-2 multiple (1 included) of the previous one; None: 2^(first_level + i), the
+            strided pyramid P2..P5 (4, 8, 16, 32).
         st_args, gt_args, rt_args: keyword arguments of every SelfTransformer,
             GroundingTransformer and RenderingTransformer (their ``config_args`` build them from
             the config sections), so that a transformer's key is declared and used in its own
             module, never copied here.
     Shapes:
-        features (list[Tensor]): num_levels NCHW maps, finest first, each level half the size of
-        the previous one (ceil) -> the transformed list, same shapes.
+        features (list[Tensor]): num_levels NCHW maps, finest first; level i + 1 is s times
+        smaller than level i (s from ``level_strides``; ceil or floor, e.g. a ResNet's ceil
+        halving) -> the transformed list, same shapes.
     """
 
     def __init__(
@@ -76,6 +88,7 @@ class FeaturePyramidTransformer(nn.Module):
         norm: str = "gn",
         fuse_init: str = "default",
         first_level: int = 2,
+        level_strides: Sequence[int] | None = None,
         st_args: Mapping[str, Any] | None = None,
         gt_args: Mapping[str, Any] | None = None,
         rt_args: Mapping[str, Any] | None = None,
@@ -87,8 +100,16 @@ class FeaturePyramidTransformer(nn.Module):
             raise ValueError(f"FeaturePyramidTransformer: fuse_init must be 'default' or 'identity', got {fuse_init!r}")
         if pairs not in ("all", "adjacent"):
             raise ValueError(f"FeaturePyramidTransformer: pairs must be 'all' or 'adjacent', got {pairs!r}")
+        strides = tuple(level_strides) if level_strides is not None else tuple(2 ** (first_level + i) for i in range(num_levels))
+        steps = zip(strides, strides[1:])
+        if len(strides) != num_levels or any(s < 1 for s in strides) or any(c % f or (c // f) & (c // f - 1) for f, c in steps):
+            raise ValueError(
+                f"FeaturePyramidTransformer: level_strides must be {num_levels} positive strides, finest first, "
+                f"each a power-of-2 multiple of the previous one, got {level_strides!r}"
+            )
         st_args, gt_args, rt_args = dict(st_args or {}), dict(gt_args or {}), dict(rt_args or {})
         self.num_levels = num_levels
+        self.level_strides = strides
         self.names = [f"p{first_level + i}" for i in range(num_levels)]
         self.st = nn.ModuleDict()
         self.gt = nn.ModuleDict()
@@ -103,14 +124,14 @@ class FeaturePyramidTransformer(nn.Module):
             for s in reversed(range(t)):  # finer levels, nearest first [code]
                 if rt and (pairs == "all" or t - s == 1):
                     key = f"{self.names[t]}_from_{self.names[s]}"
-                    self.rt[key] = RenderingTransformer(channels, stride=2 ** (t - s), **rt_args)
+                    self.rt[key] = RenderingTransformer(channels, stride=strides[t] // strides[s], **rt_args)
                     srcs.append(("rt", s))
             for s in range(t + 1, num_levels):  # coarser levels, nearest first [code]
                 if pairs == "adjacent" and s - t != 1:
                     continue
                 if gt:
                     key = f"{self.names[t]}_from_{self.names[s]}"
-                    self.gt[key] = GroundingTransformer(channels, stride=2 ** (s - t), **gt_args)
+                    self.gt[key] = GroundingTransformer(channels, stride=strides[s] // strides[t], **gt_args)
                     srcs.append(("gt", s))
             srcs.append(("x", t))
             self.inputs.append(srcs)
@@ -134,10 +155,14 @@ class FeaturePyramidTransformer(nn.Module):
                     conv.weight[:, x_block * channels : (x_block + 1) * channels, 1, 1] = torch.eye(channels)
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any], channels: int, num_levels: int = 4) -> "FeaturePyramidTransformer":
+    def from_config(
+        cls, cfg: Mapping[str, Any], channels: int, num_levels: int = 4, level_strides: Sequence[int] | None = None
+    ) -> "FeaturePyramidTransformer":
         """Build from a config dict with sections fpt, st, gt, rt and attention (fptbench.config).
 
-        Each transformer takes its own section (``config_args``); only the ``fpt`` keys are read here.
+        Each transformer takes its own section (``config_args``); only the ``fpt`` keys are read
+        here. ``channels``, ``num_levels`` and ``level_strides`` describe the pyramid, which the
+        caller builds.
         """
         fpt, att = cfg["fpt"], cfg["attention"]
         return cls(
@@ -149,6 +174,7 @@ class FeaturePyramidTransformer(nn.Module):
             pairs=fpt["pairs"],
             norm=fpt["norm"],
             fuse_init=fpt["fuse_init"],
+            level_strides=level_strides,
             st_args=SelfTransformer.config_args(cfg["st"], att),
             gt_args=GroundingTransformer.config_args(cfg["gt"], att),
             rt_args=RenderingTransformer.config_args(cfg["rt"]),
@@ -157,6 +183,7 @@ class FeaturePyramidTransformer(nn.Module):
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
         if len(features) != self.num_levels:
             raise ValueError(f"FeaturePyramidTransformer: expected {self.num_levels} levels, got {len(features)}")
+        self._check_sizes(features)
         outs = []
         for t, srcs in enumerate(self.inputs):
             name = self.names[t]
@@ -172,3 +199,14 @@ class FeaturePyramidTransformer(nn.Module):
                     parts.append(features[t])
             outs.append(self.fuse[name](torch.cat(parts, dim=1)))
         return outs
+
+    def _check_sizes(self, features: Sequence[Tensor]) -> None:
+        """Each level is s times smaller than the one before it, rounded either way (s from ``level_strides``)."""
+        for i in range(1, self.num_levels):
+            s = self.level_strides[i] // self.level_strides[i - 1]
+            fine, coarse = features[i - 1].shape[-2:], features[i].shape[-2:]
+            if any(c not in (f // s, -(-f // s)) for f, c in zip(fine, coarse)):
+                raise ValueError(
+                    f"FeaturePyramidTransformer: {self.names[i]} is {tuple(coarse)} and {self.names[i - 1]} is "
+                    f"{tuple(fine)}, but level_strides {self.level_strides} make {self.names[i]} {s}x smaller"
+                )

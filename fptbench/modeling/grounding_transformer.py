@@ -30,7 +30,8 @@ class GroundingTransformer(nn.Module):
 
     Args:
         channels: C of both levels (the pyramid width).
-        stride: scale ratio s = stride(coarse) / stride(fine) (2, 4 or 8); used by LGT.
+        stride: scale ratio s = stride(coarse) / stride(fine) (1, 2, 4 or 8); used by LGT. With
+            s = 1 (levels of one resolution) each query's window is centred on its own position.
         inner_channels: width of q, k and v (128 [code]).
         parts: N; ignored (N = 1) when ``normalizer="softmax"`` or ``"linear"``.
         normalizer: "mos" [paper] | "softmax" (the MoS ablation) | "linear" [code]: what the

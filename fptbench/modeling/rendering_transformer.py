@@ -23,15 +23,19 @@ class RenderingTransformer(nn.Module):
         w = GAP(X^f);  Q_att = X^c * w (channel-wise);
         V_dow = log2(s) x [Conv3x3 stride 2 + BN], ReLU between them;
         RT = ReLU(BN(Conv3x3(Q_att)) + V_dow).
+    Levels that share a resolution (s = 1, the unscathed pyramid of the segmentation models)
+    have log2(1) = 0 stride-2 convs; V_dow is then one Conv3x3 of stride 1 + BN [ours], so that
+    the value path keeps the learned conv and the BN that it has at every other s and only the
+    downsampling is dropped (the identity would add the raw, unnormalised X^f to a BN output).
     ``variant="code"`` [code]: the 3x3 conv is applied to X^c before the weighting, and the GAP
     vector goes through Conv1x1 + BN + ReLU: Q_att = BN(Conv3x3(X^c)) * ReLU(BN(Conv1x1(w))).
     The authors' single stride-2 conv crashes for s > 2; here it is one Conv3x3 of stride s
-    [ours], so every level pair works. Its BN on the (B, C, 1, 1) GAP vector needs >= 2 images
+    [ours], so every level pair works (stride 1 for s = 1). Its BN on the (B, C, 1, 1) GAP vector needs >= 2 images
     per device in training, as in the authors' setup (2 per GPU).
 
     Args:
         channels: C of both levels (the pyramid width).
-        stride: s = stride(coarse) / stride(fine), a power of 2 (2, 4, 8).
+        stride: s = stride(coarse) / stride(fine), a power of 2 (1, 2, 4, 8).
         variant: "paper" | "code".
     Shapes:
         coarse (Tensor): (B, C, Hc, Wc), fine (Tensor): (B, C, Hf, Wf) -> (B, C, Hc, Wc).
@@ -46,8 +50,8 @@ class RenderingTransformer(nn.Module):
 
     def __init__(self, channels: int, *, stride: int = 2, variant: str = "paper") -> None:
         super().__init__()
-        if stride < 2 or stride & (stride - 1):
-            raise ValueError(f"RenderingTransformer: stride must be a power of 2 >= 2, got {stride}")
+        if stride < 1 or stride & (stride - 1):
+            raise ValueError(f"RenderingTransformer: stride must be a power of 2 >= 1, got {stride}")
         if variant not in ("paper", "code"):
             raise ValueError(f"RenderingTransformer: variant must be 'paper' or 'code', got {variant!r}")
         self.variant = variant
@@ -58,7 +62,7 @@ class RenderingTransformer(nn.Module):
                 layers += _conv_bn(channels, channels, 3, stride=2)
                 if i < steps - 1:
                     layers.append(nn.ReLU(inplace=True))
-            self.downsample = nn.Sequential(*layers)
+            self.downsample = nn.Sequential(*(layers or _conv_bn(channels, channels, 3)))  # s = 1 [ours]
             self.query = nn.Sequential(*_conv_bn(channels, channels, 3))
             self.weight = None
         else:

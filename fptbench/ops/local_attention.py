@@ -61,7 +61,8 @@ def local_mos_attention(
         k (Tensor): (B, D, Hc, Wc) coarse keys.
         v (Tensor): (B, Dv, Hc, Wc) coarse values.
         pi (Tensor): (B, N) mixture weights summing to 1; N divides D (contiguous channel parts).
-        stride: fine positions per coarse cell along each axis (the scale ratio s).
+        stride: fine positions per coarse cell along each axis (the scale ratio s); 1 when the
+            two levels share a resolution, each query's window then centred on its own position.
         window: odd side of the square key window, centred on the query's coarse cell.
             Positions outside the coarse map are zero keys and zero values [paper, wording
             unconfirmed]: a zero key scores 0 under both similarities (for "euclidean", after the
@@ -73,7 +74,9 @@ def local_mos_attention(
         autocast, as in ``mos_attention`` [issue #10].
 
     ``attention.impl`` does not apply here: this is one batched product whose score tensor is
-    (B, Hc, Wc, N, s*s, window^2), linear in pixels for any map size, on any device.
+    (B, Hc, Wc, N, s*s, window^2), linear in pixels for any map size, on any device. The key and
+    value windows are unfolded copies, window^2 times the coarse maps; with s = 1 the coarse map
+    is as large as the fine one, so they are the largest tensors (window^2 x the keys).
     """
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or pi.dim() != 2:
         raise ValueError("local_mos_attention expects q (B, D, Hf, Wf), k (B, D, Hc, Wc), v (B, Dv, Hc, Wc), pi (B, N)")

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fptbench.ops import local_mos_attention
 from fptbench.ops.local_attention import cell_groups
@@ -46,6 +47,7 @@ CASES = [  # B, D, Hf, Wf, Hc, Wc, Dv, N, stride, window
     (1, 8, 5, 11, 3, 3, 6, 2, 2, 1),  # window 1: each query sees its own cell only
     (2, 8, 16, 16, 2, 2, 3, 2, 8, 3),  # stride 8 (P2 <- P5)
     (1, 16, 8, 8, 4, 4, 16, 4, 2, 5),  # borders on every side
+    (2, 8, 7, 9, 7, 9, 5, 2, 1, 3),  # stride 1: levels of one resolution (the unscathed pyramid)
 ]
 
 
@@ -69,8 +71,41 @@ def test_matches_window_loop(case, similarity):
         assert_close_rel(a, b)
 
 
+def own_position_windows(q, k, v, pi, window, similarity):
+    """Stride 1 from the definition: the query at (y, x) sees the window x window block of k and v
+    around (y, x), zero outside the map; written with padding and slicing, independently of
+    ``reference``'s cell arithmetic."""
+    B, D, H, W = q.shape
+    N = pi.shape[1]
+    d = D // N
+    r = window // 2
+    kp, vp = F.pad(k, (r, r, r, r)), F.pad(v, (r, r, r, r))
+    out = torch.zeros(B, v.shape[1], H, W, dtype=q.dtype)
+    for b in range(B):
+        for y in range(H):
+            for x in range(W):
+                K = kp[b, :, y : y + window, x : x + window].flatten(1)  # (D, window^2)
+                V = vp[b, :, y : y + window, x : x + window].flatten(1)
+                for n in range(N):
+                    qn, Kn = q[b, n * d : (n + 1) * d, y, x, None], K[n * d : (n + 1) * d]
+                    s = (qn * Kn).sum(0) if similarity == "dot" else -((qn - Kn) ** 2).sum(0)
+                    out[b, :, y, x] += pi[b, n] * (V * torch.softmax(s / d**0.5, 0)).sum(1)
+    return out
+
+
+@pytest.mark.parametrize("similarity", ["euclidean", "dot"])
+@pytest.mark.parametrize("N, window", [(2, 3), (1, 5), (4, 1)])
+def test_stride_one_windows_centred_on_each_query(N, window, similarity):
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(2, 2, 8, 5, 7, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    pi = torch.softmax(torch.randn(2, N, generator=g, dtype=torch.float64), -1)
+    out = local_mos_attention(q, k, v, pi, stride=1, window=window, similarity=similarity)
+    torch.testing.assert_close(out, own_position_windows(q, k, v, pi, window, similarity), rtol=1e-5, atol=1e-5)
+
+
 def test_cell_groups_cover_every_position_once():
-    for fine, coarse, stride in [(9, 5, 2), (13, 3, 4), (5, 3, 2), (1, 1, 2), (16, 2, 8)]:
+    for fine, coarse, stride in [(9, 5, 2), (13, 3, 4), (5, 3, 2), (1, 1, 2), (16, 2, 8), (7, 7, 1)]:
         gather, scatter, size = cell_groups(fine, coarse, stride, torch.device("cpu"))
         assert gather[scatter].tolist() == list(range(fine))
         assert len(gather) == coarse * size
