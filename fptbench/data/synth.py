@@ -47,6 +47,10 @@ neither is handed anything the other lacks, so a gap on the dot classes measures
 uses cross-scale context, not a rigged advantage. The large and medium classes are ordinary
 shape recognition at their own scales and test the rest of the detector.
 
+``write_synth_seg(out_dir)`` writes the same images with a semantic label map each (the class of
+the object visible at every pixel, 0 on the background), for the segmentation task: layout
+``synth`` of :mod:`fptbench.data.segmentation`.
+
 Determinism: image ``i`` of split ``s`` is drawn from ``numpy.random.default_rng([seed, s, i])``
 (s = 0 for train, 1 for val), so the same arguments give byte-identical files, and adding images
 to a split does not change the earlier ones. 250 images of 128 px take a few seconds.
@@ -68,7 +72,8 @@ from PIL import Image
 
 from fptbench.errors import UsageError
 
-__all__ = ["CATEGORIES", "NUM_CLASSES", "summary_line", "write_synth"]
+__all__ = ["CATEGORIES", "NUM_CLASSES", "seg_summary_line", "semantic_labels", "summary_line", "write_synth",
+           "write_synth_seg"]
 
 # COCO categories (ids 1..K are the torchvision labels; 0 is the background)
 CATEGORIES: tuple[dict[str, Any], ...] = (
@@ -354,6 +359,76 @@ def write_synth(out_dir: str | Path, *, train: int = 200, val: int = 50, size: i
     return summary
 
 
+def semantic_labels(scene: _Scene) -> np.ndarray:
+    """(H, W) uint8: the category of the object visible at each pixel, 0 on the background.
+
+    Read from the painter's canvas (``owner``), so a pixel takes the class of the last object
+    painted over it, the one whose colour the image shows, and the label map agrees with the
+    detection set's masks (each the visible part of its object).
+    """
+    categories = np.array([0] + [o["category"] for o in scene.objects], dtype=np.uint8)
+    return categories[scene.owner]
+
+
+def write_synth_seg(out_dir: str | Path, *, train: int = 200, val: int = 50, size: int = 128, seed: int = 0) -> dict:
+    """Write the synthetic set for semantic segmentation into ``out_dir``::
+
+        out_dir/images/{train,val}/000001.png ...   the images of write_synth (same bytes)
+        out_dir/labels/{train,val}/000001.png ...   grey PNGs, class per pixel (:func:`semantic_labels`)
+        out_dir/classes.json                        {"classes": ["background", "square", ...],
+                                                     "ignore_index": 255, "seed", "size", "version"}
+
+    The images are drawn as :func:`write_synth` draws them (the same generator and seeds), so
+    with the same arguments both can share ``out_dir``. Class ids are the COCO category ids,
+    0 the background: ``model.num_classes`` is :data:`NUM_CLASSES` in both tasks. No pixel is
+    ignored (255 never appears).
+
+    Args:
+        out_dir: dataset folder (``data.root``), created if needed; files of an earlier run
+            with the same names are replaced (atomically, one by one).
+        train, val (int): images per split, >= 1.
+        size (int): image side, px, 64..4096.
+        seed (int): >= 0; the same arguments give byte-identical files.
+
+    Returns:
+        dict: ``out_dir``, ``seed``, ``size``, ``num_classes`` (K + 1), ``classes`` (names, id
+        order, background first) and ``splits``: ``{"train": {"images", "pixels": {name:
+        count}}, "val": {...}}``.
+
+    Raises:
+        UsageError: an argument out of range, or ``out_dir`` cannot be written.
+    """
+    _check_int("train", train, 1)
+    _check_int("val", val, 1)
+    _check_int("size", size, MIN_SIZE, MAX_SIZE)
+    _check_int("seed", seed, 0)
+    out = Path(out_dir)
+    classes = ["background"] + [c["name"] for c in CATEGORIES]
+    summary: dict[str, Any] = {"out_dir": str(out), "seed": seed, "size": size, "num_classes": NUM_CLASSES,
+                               "classes": classes, "splits": {}}
+    counts = {"train": train, "val": val}
+    try:
+        for split, code in SPLITS:
+            img_dir, label_dir = out / "images" / split, out / "labels" / split
+            img_dir.mkdir(parents=True, exist_ok=True)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            pixels_per_class = np.zeros(NUM_CLASSES, dtype=np.int64)
+            for index in range(counts[split]):
+                pixels, scene = _render(np.random.default_rng([seed, code, index]), size)
+                labels = semantic_labels(scene)
+                file_name = f"{index + 1:06d}.png"
+                _write_atomic(img_dir / file_name, _png(pixels))
+                _write_atomic(label_dir / file_name, _png(labels))
+                pixels_per_class += np.bincount(labels.reshape(-1), minlength=NUM_CLASSES)
+            summary["splits"][split] = {"images": counts[split],
+                                        "pixels": dict(zip(classes, pixels_per_class.tolist()))}
+        info = {"classes": classes, "ignore_index": 255, "seed": seed, "size": size, "version": "1"}
+        _write_atomic(out / "classes.json", (json.dumps(info, indent=2) + "\n").encode("utf-8"))
+    except OSError as err:
+        raise UsageError(f"{err.filename or out}: cannot write: {err.strerror or err}") from None
+    return summary
+
+
 def summary_line(summary: dict) -> str:
     """One line for the command line, e.g. ``wrote 200 train + 50 val images (1530 + 377 objects,
     7 classes, size 128, seed 0) to data/synth``."""
@@ -361,3 +436,11 @@ def summary_line(summary: dict) -> str:
     return (f"wrote {tr['images']} train + {va['images']} val images ({tr['annotations']} + "
             f"{va['annotations']} objects, {summary['num_classes'] - 1} classes, size {summary['size']}, "
             f"seed {summary['seed']}) to {summary['out_dir']}")
+
+
+def seg_summary_line(summary: dict) -> str:
+    """One line for the command line, e.g. ``wrote 200 train + 50 val label maps (8 classes with
+    the background, size 128, seed 0) to data/synth``."""
+    tr, va = summary["splits"]["train"], summary["splits"]["val"]
+    return (f"wrote {tr['images']} train + {va['images']} val label maps ({summary['num_classes']} classes with "
+            f"the background, size {summary['size']}, seed {summary['seed']}) to {summary['out_dir']}")
