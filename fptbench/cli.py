@@ -369,6 +369,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pretrain_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    _data_root_arg(parser)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Pre-train (once) the trunk that CONFIG's model.backbone_pretrain names, or that CONFIG itself
+    makes when it sets none; print where it is cached."""
+    cfg = _run_config(args)
+    if not cfg["model"]["backbone_pretrain"]:
+        cfg["model"]["backbone_pretrain"] = _config_name(args)
+    from fptbench.engine.pretrain import ensure_trunk
+
+    trunk = ensure_trunk(cfg, log=lambda m: print(f"[fptbench] {m}"))
+    print(f"pretrain: {trunk['path']} (sha256 {trunk['sha256'][:12]}, "
+          f"{'pre-trained now' if trunk['pretrained_here'] else 'cached'}; run record {trunk['record']})")
+    return 0
+
+
 def _eval_args(parser: argparse.ArgumentParser) -> None:
     _add_config_args(parser, name_optional=True)
     parser.add_argument("--ckpt", "--load_ckpt", dest="ckpt", required=True, metavar="PATH",
@@ -606,6 +625,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fptbench.experiments import load_matrix
 
     matrix = load_matrix("demo", overrides)
+    _demo_trunk(matrix)
     outcome = run_sweep(matrix, executor="local", results=args.results, jobs=args.jobs)
     report = _report_experiment(matrix, results=args.results, out=args.out, formats=("md", "csv", "latex"))
     for name in ("ablation", "complexity"):
@@ -617,6 +637,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: {counts.get('done', 0)} of {len(matrix.cells)} cells done "
           f"({len(outcome.submitted)} run now) in {(time.perf_counter() - start) / 60:.1f} min; report: {report['index']}")
     return 0 if counts.get("done", 0) == len(matrix.cells) else 1
+
+
+def _demo_trunk(matrix) -> None:
+    """The cells' pre-trained trunk, made here (once, with progress) before the cells run; the
+    cells then find it cached. Each cell would make it itself otherwise, the first one timed."""
+    from fptbench.engine.pretrain import ensure_trunk
+
+    names = {cell.config["model"]["backbone_pretrain"] for cell in matrix.cells} - {""}
+    for cell in matrix.cells:
+        if cell.config["model"]["backbone_pretrain"] in names:
+            names.discard(cell.config["model"]["backbone_pretrain"])
+            start = time.perf_counter()
+            trunk = ensure_trunk(cell.config, log=lambda m: print(f"demo: {m}"))
+            print(f"demo: trunk {'pre-trained' if trunk['pretrained_here'] else 'reused'}: {trunk['path']} "
+                  f"({time.perf_counter() - start:.0f} s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,6 +697,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("forward", "build a model and run one forward pass on a random image (CPU is enough)",
             _forward_args, cmd_forward),
     Command("train", "train a model (DDP under torchrun/SLURM), checkpoint, then evaluate", _train_args, cmd_train),
+    Command("pretrain", "pre-train a trunk once and cache it under the data folder (model.backbone_pretrain)",
+            _pretrain_args, cmd_pretrain),
     Command("eval", "evaluate a checkpoint with pycocotools' COCOeval and write result.json", _eval_args, cmd_eval),
     Command("infer", "draw a checkpoint's detections on a folder of images", _infer_args, cmd_infer),
     Command("profile", "parameters, MACs/FLOPs by part (fvcore), latency and peak memory of a model",

@@ -150,6 +150,7 @@ SCHEMA: dict[str, Key] = {
     "model.mask_head_channels": Key(256, int, "width of the mask head's four 3x3 convs and its deconv (torchvision MaskRCNNHeads: 256)", min=1),
     "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
     "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
+    "model.backbone_pretrain": Key("", str, "config (name or path) whose training run pre-trains the trunk, once: cached under data.root/pretrained/ by a digest of that config and the data, then loaded as model.backbone_weights would be ('' = none) [ours]"),
     "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3) [ours]", sources={True: "code", False: "ours"}),
     # fpt: which transformers the neck has and how their outputs are fused
     "fpt.st": Key(True, bool, "Self-Transformer on every level (non-local interaction within a level)"),
@@ -507,6 +508,9 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
         raise fail(f"model.anchor_sizes={flat['model.anchor_sizes']} needs one size per level P2..P6 (5 values)")
     if flat["train.steps"] != sorted(flat["train.steps"]):
         raise fail(f"train.steps={flat['train.steps']} must be in increasing order")
+    if flat["model.backbone_pretrain"] and flat["model.backbone_weights"]:
+        raise fail(f"model.backbone_pretrain={flat['model.backbone_pretrain']} and model.backbone_weights="
+                   f"{flat['model.backbone_weights']} both give the trunk's starting weights: set one")
     if flat["model.min_size"] > flat["model.max_size"]:
         raise fail(f"model.min_size={flat['model.min_size']} must be <= model.max_size={flat['model.max_size']}")
     return nest(flat)

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from fptbench.errors import UsageError
+
 __all__ = ["load_model", "set_train_sizes", "weights_digest"]
 
 
@@ -30,7 +32,8 @@ def load_model(
 
     Weights are loaded in this order, each later file overriding what it covers:
 
-    1. with ``pretrained``: the config's ``model.backbone_weights`` (an ImageNet trunk), then
+    1. with ``pretrained``: the config's ``model.backbone_weights`` (an ImageNet trunk) or the
+       cached trunk of ``model.backbone_pretrain`` (:mod:`fptbench.engine.pretrain`), then
        ``model.weights`` (a detection checkpoint), when set: what training starts from;
     2. ``detectron``: ResNet trunk weights from a Detectron (caffe2) ``.pkl``;
     3. ``ckpt``: an fptbench checkpoint or a torchvision detection ``.pth``.
@@ -46,8 +49,17 @@ def load_model(
     from fptbench.weights import load_backbone_weights, load_detection_weights, load_detectron_weights
 
     model = build_model(cfg)
+    trunk = cfg["model"]["backbone_weights"]
+    if pretrained and cfg["model"]["backbone_pretrain"]:
+        from fptbench.engine.pretrain import trunk_path
+
+        trunk = trunk_path(cfg)
+        if not trunk.exists():
+            raise UsageError(f"{trunk}: the trunk of model.backbone_pretrain={cfg['model']['backbone_pretrain']} "
+                             f"is not pre-trained yet; make it with `fptbench pretrain {cfg['model']['backbone_pretrain']}` "
+                             f"(--data-root {cfg['data']['root']})")
     steps = [
-        (cfg["model"]["backbone_weights"] if pretrained else None, load_backbone_weights),
+        (trunk if pretrained else None, load_backbone_weights),
         (cfg["model"]["weights"] if pretrained else None, load_detection_weights),
         (detectron, load_detectron_weights),
         (ckpt, load_detection_weights),

@@ -138,6 +138,7 @@ def train(
         for path in clean_temp_files(output_dir):
             log(f"removed {path}, left by a write that was interrupted")
 
+    trunk = _pretrained_trunk(cfg, info, log, progress=progress)
     model = _seeded_model(cfg, info, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
     dtype, warning = autocast_dtype(cfg, info.device.type,
                                     bf16_supported=info.device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -174,6 +175,8 @@ def train(
         "world_size": info.world_size,
         "autocast_dtype": _dtype_name(dtype),  # what the forward passes computed in (fp32: none)
     }
+    if trunk is not None:
+        summary["pretrained_trunk"] = trunk
     if not cfg["train"]["eval_at_end"]:
         return summary
     return evaluate_model(cfg, model, output_dir, info=info, training=summary, progress=progress)
@@ -199,6 +202,21 @@ def _logger(info: DistInfo) -> Callable[[str], None]:
     from tqdm import tqdm
 
     return (lambda msg: tqdm.write(f"[fptbench] {msg}")) if info.rank == 0 else (lambda msg: None)
+
+
+def _pretrained_trunk(cfg: dict, info: DistInfo, log: Callable[[str], None], *, progress: bool) -> dict | None:
+    """With ``model.backbone_pretrain``: its cached trunk (what :func:`~fptbench.engine.pretrain.ensure_trunk`
+    returns), pre-trained here first when a single process finds it missing; else None."""
+    if not cfg["model"]["backbone_pretrain"]:
+        return None
+    from fptbench.engine.pretrain import ensure_trunk, trunk_path
+
+    if info.world_size > 1 and not trunk_path(cfg).exists():
+        # The pre-training is a single-process run of its own: not nested inside a DDP job.
+        name = cfg["model"]["backbone_pretrain"]
+        raise UsageError(f"{trunk_path(cfg)}: the trunk of model.backbone_pretrain={name} is not pre-trained yet; "
+                         f"make it first with `fptbench pretrain {name} --data-root {cfg['data']['root']}`")
+    return ensure_trunk(cfg, log=log, progress=progress and info.rank == 0)
 
 
 def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None, load_detectron: str | None,

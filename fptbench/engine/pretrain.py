@@ -1,0 +1,140 @@
+"""A pre-trained trunk, made once and cached: the paper's protocol in miniature [ours].
+
+The paper fine-tunes ImageNet-pretrained trunks; a CPU demo has no ImageNet. With
+``model.backbone_pretrain: NAME`` a run starts instead from the trunk of another config's
+training run (e.g. ``synth_r18_pretrain``: BFP Mask R-CNN on the same synthetic training split),
+made once and reused by every cell, seed and later run, so that the cells of an ablation differ
+only in the neck (and in what their seed draws), as in the paper.
+
+The cache lives under the data folder, keyed by a digest of what makes the trunk::
+
+    <data.root>/pretrained/<NAME>-<digest>/        the pre-training run (checkpoints, result.json)
+    <data.root>/pretrained/<NAME>-<digest>.pth     its trunk, torchvision classification keys
+
+``digest`` = sha256 of the pre-training config (resolved, with this run's ``data.root``) and of
+the bytes of its training annotations: another recipe or other data is another file. The file is
+written atomically after the run ends, under a lock, so concurrent cells wait for one
+pre-training instead of repeating it; a killed pre-training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from fptbench.errors import UsageError
+
+__all__ = ["PRETRAINED_DIR", "TRUNK_PREFIX", "ensure_trunk", "pretrain_config", "trunk_path", "trunk_state"]
+
+PRETRAINED_DIR = "pretrained"
+"""Sub-folder of ``data.root`` that holds pre-trained trunks and their runs."""
+
+
+def pretrain_config(cfg: dict) -> dict:
+    """The resolved config of ``cfg``'s ``model.backbone_pretrain``, on ``cfg``'s data and device.
+
+    Raises:
+        UsageError: the name is unknown, its config invalid, or its trunk is another network.
+    """
+    from fptbench.config import load_config
+
+    name = cfg["model"]["backbone_pretrain"]
+    pre = load_config(name, [("data.root", cfg["data"]["root"]), ("device", cfg["device"])])
+    if pre["model"]["backbone_pretrain"]:
+        raise UsageError(f"model.backbone_pretrain: {name} itself sets model.backbone_pretrain; "
+                         f"a pre-training must start from scratch or from model.backbone_weights")
+    for key in ("backbone", "backbone_norm", "stride_in_1x1", "pixel"):
+        if pre["model"][key] != cfg["model"][key]:
+            raise UsageError(f"model.backbone_pretrain: {name} has model.{key}={pre['model'][key]}, "
+                             f"this run model.{key}={cfg['model'][key]}: its trunk would not fit")
+    return pre
+
+
+def _annotations(cfg: dict) -> Path:
+    from fptbench.data.catalog import resolve_split
+
+    return Path(cfg["data"]["root"]) / resolve_split(cfg["data"]["train"])[0]
+
+
+def trunk_path(cfg: dict) -> Path:
+    """Where the trunk of ``cfg``'s ``model.backbone_pretrain`` is cached (it may not exist yet).
+
+    Raises:
+        UsageError: as :func:`pretrain_config`, or the training annotations are missing.
+    """
+    from fptbench.config import config_hash
+
+    pre = pretrain_config(cfg)
+    annotations = _annotations(pre)
+    try:
+        data = hashlib.sha256(annotations.read_bytes()).hexdigest()
+    except OSError as err:
+        raise UsageError(f"{annotations}: cannot read the pre-training annotations: {err.strerror}") from None
+    digest = hashlib.sha256(f"{config_hash(pre)}:{data}".encode()).hexdigest()[:12]
+    name = Path(cfg["model"]["backbone_pretrain"]).stem
+    return Path(cfg["data"]["root"]) / PRETRAINED_DIR / f"{name}-{digest}.pth"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """``flock`` on ``path``: held until the block ends or the process dies, whatever ends it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+TRUNK_PREFIX = "backbone.body."
+"""Where a detector's ResNet trunk sits in its state_dict (torchvision's BackboneWithFPN)."""
+
+
+def trunk_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ResNet trunk of a detector's state_dict under torchvision's classification keys
+    (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...), which ``model.backbone_weights`` reads."""
+    return {k[len(TRUNK_PREFIX):]: v for k, v in model_state.items() if k.startswith(TRUNK_PREFIX)}
+
+
+def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """The cached trunk of ``cfg``'s ``model.backbone_pretrain``, pre-training it first if needed.
+
+    Returns:
+        dict: ``config`` (the pre-training config's name), ``path`` (the trunk file), ``sha256``
+        (of its bytes), ``pretrained_here`` (whether this call ran the pre-training) and
+        ``record`` (the pre-training run's ``result.json`` path).
+    """
+    from fptbench.engine.checkpoint import find_last, load_checkpoint
+    from fptbench.engine.trainer import train
+    from fptbench.fileio import atomic_write
+
+    path = trunk_path(cfg)
+    run = path.with_suffix("")
+    made = False
+    with _locked(path.with_suffix(".lock")):
+        if not path.exists():
+            pre = pretrain_config(cfg)
+            name = cfg["model"]["backbone_pretrain"]
+            log(f"pre-training the trunk once with {name} (cached as {path}; later runs reuse it)")
+            t0 = time.perf_counter()
+            last = find_last(run)
+            if last is None or load_checkpoint(last)["iteration"] < pre["train"]["max_iter"]:
+                train(pre, run, resume=last is not None, progress=progress)
+                last = find_last(run)
+            buffer = io.BytesIO()
+            torch.save(trunk_state(load_checkpoint(last)["model"]), buffer)
+            atomic_write(path, lambda f: f.write(buffer.getvalue()))
+            log(f"pre-trained the trunk in {time.perf_counter() - t0:.0f} s: {path}")
+            made = True
+    return {
+        "config": cfg["model"]["backbone_pretrain"],
+        "path": str(path),
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "pretrained_here": made,
+        "record": str(run / "result.json"),
+    }

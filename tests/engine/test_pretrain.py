@@ -1,0 +1,146 @@
+"""The pre-trained trunk of model.backbone_pretrain: made once, cached by digest, reused, recorded.
+
+Real runs, tiny: ResNet-18 Mask R-CNN at 64 px for 2 iterations of pre-training on 8 synthetic
+images. What is checked is what a demo user relies on: the second run does not pre-train again,
+the fine-tuned model starts from exactly the pre-trained trunk, another recipe or other data is
+another trunk, and concurrent runs pre-train once.
+"""
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.models import resnet18
+
+from fptbench.config import load_config
+from fptbench.data.synth import write_synth
+from fptbench.engine import train
+from fptbench.engine.checkpoint import find_last, load_checkpoint
+from fptbench.engine.model import load_model
+from fptbench.engine.pretrain import ensure_trunk, trunk_path
+from fptbench.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = [
+    ("model.min_size", 64), ("model.max_size", 64),
+    ("train.images_per_device", 2), ("train.warmup_iters", 1), ("train.steps", []),
+    ("train.checkpoint_period", 1), ("data.num_workers", 0),
+]
+
+
+def _recipe(folder: Path, iterations: int = 2) -> Path:
+    """A pre-training config file: synth_r18_bfp for ``iterations`` steps at 64 px, no evaluation."""
+    path = folder / f"pre{iterations}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        _base_: {ROOT / 'fptbench/configs/synth_r18_bfp.yaml'}
+        model: {{backbone_pretrain: "", min_size: 64, max_size: 64}}
+        train: {{max_iter: {iterations}, images_per_device: 2, warmup_iters: 1, steps: [], checkpoint_period: 1,
+                 eval_at_end: false}}
+        data: {{num_workers: 0}}
+        """))
+    return path
+
+
+@pytest.fixture()
+def synth(tmp_path):
+    root = tmp_path / "synth"
+    write_synth(root, train=8, val=2, size=64, seed=0)
+    return root
+
+
+def _cfg(synth: Path, recipe: Path, **extra) -> dict:
+    overrides = [("data.root", str(synth)), ("model.backbone_pretrain", str(recipe)), *TINY, *extra.items()]
+    return load_config("synth_r18_fpt", overrides)
+
+
+def test_trunk_is_pretrained_once_reused_and_loaded_exactly(synth, tmp_path):
+    cfg = _cfg(synth, _recipe(tmp_path))
+    logs: list[str] = []
+    first = ensure_trunk(cfg, log=logs.append, progress=False)
+    assert first["pretrained_here"] and len(logs) == 2
+    path = Path(first["path"])
+    assert path.parent == synth / "pretrained" and path.name.startswith("pre2-")
+    assert first["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    again = ensure_trunk(cfg, log=logs.append, progress=False)
+    assert not again["pretrained_here"] and again["sha256"] == first["sha256"] and len(logs) == 2
+
+    # The file is the pre-training run's final trunk under torchvision's classification keys...
+    trunk = torch.load(path, weights_only=True)
+    assert set(trunk) == set(resnet18().state_dict()) - {"fc.weight", "fc.bias"}
+    run = load_checkpoint(find_last(path.with_suffix("")))
+    assert run["iteration"] == 2
+    for key, value in trunk.items():
+        assert torch.equal(value, run["model"][f"backbone.body.{key}"]), key
+    # ... and the fine-tuned model starts from it exactly (and differs from a fresh trunk).
+    model = load_model(cfg, pretrained=True)
+    body = model.backbone.body.state_dict()
+    for key, value in trunk.items():
+        assert torch.equal(body[key], value), key
+    fresh = load_model(cfg).backbone.body.state_dict()
+    assert not torch.equal(fresh["layer1.0.conv1.weight"], trunk["layer1.0.conv1.weight"])
+
+
+def test_digest_follows_the_recipe_and_the_data(synth, tmp_path):
+    two, three = _recipe(tmp_path, 2), _recipe(tmp_path, 3)
+    assert trunk_path(_cfg(synth, two)) == trunk_path(_cfg(synth, two))
+    # the cells' own seed and neck do not change the trunk they share
+    assert trunk_path(_cfg(synth, two, seed=1, **{"fpt.st": False})) == trunk_path(_cfg(synth, two))
+    assert trunk_path(_cfg(synth, three)) != trunk_path(_cfg(synth, two))
+    before = trunk_path(_cfg(synth, two))
+    annotations = synth / "annotations" / "instances_train.json"
+    annotations.write_bytes(annotations.read_bytes().replace(b'"area"', b'"area" ', 1))
+    assert trunk_path(_cfg(synth, two)) != before
+
+
+def test_a_run_records_its_trunk_and_a_missing_one_is_named(synth, tmp_path):
+    cfg = _cfg(synth, _recipe(tmp_path), **{"train.max_iter": 1, "train.eval_at_end": False})
+    with pytest.raises(UsageError, match=r"not pre-trained yet; make it with `fptbench pretrain .*pre2.yaml`"):
+        load_model(cfg, pretrained=True)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    trunk = summary["pretrained_trunk"]
+    assert trunk["pretrained_here"] and trunk["sha256"] == hashlib.sha256(Path(trunk["path"]).read_bytes()).hexdigest()
+    summary = train(cfg, tmp_path / "run2", progress=False)
+    assert not summary["pretrained_trunk"]["pretrained_here"]
+
+
+def test_a_trunk_of_another_network_is_refused(synth, tmp_path):
+    cfg = _cfg(synth, _recipe(tmp_path), **{"model.backbone": "resnet34"})
+    with pytest.raises(UsageError, match="has model.backbone=resnet18, this run model.backbone=resnet34"):
+        trunk_path(cfg)
+    with pytest.raises(Exception, match="both give the trunk's starting weights"):
+        _cfg(synth, _recipe(tmp_path), **{"model.backbone_weights": "x.pth"})
+
+
+def test_concurrent_runs_pretrain_once(synth, tmp_path):
+    # Two processes ask for the same trunk at once: the lock makes one pre-train, the other wait
+    # and reuse its file.
+    recipe = _recipe(tmp_path)
+    script = textwrap.dedent(f"""
+        from fptbench.config import load_config
+        from fptbench.engine.pretrain import ensure_trunk
+        cfg = load_config("synth_r18_fpt", [("data.root", {str(synth)!r}), ("model.backbone_pretrain", {str(recipe)!r})])
+        print("MADE" if ensure_trunk(cfg, log=lambda m: None, progress=False)["pretrained_here"] else "REUSED")
+        """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = sorted(p.communicate(timeout=300)[0].split()[-1] for p in procs)
+    assert [p.returncode for p in procs] == [0, 0]
+    assert outs == ["MADE", "REUSED"]
+
+
+def test_cli_pretrain_makes_then_reuses(synth, tmp_path):
+    recipe = _recipe(tmp_path)
+    cmd = [sys.executable, "-m", "fptbench", "pretrain", str(recipe), "--data-root", str(synth)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "pre-trained now" in first.stdout
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "cached" in second.stdout
