@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -426,8 +427,5 @@ def stats(xs: Sequence[float]) -> tuple[float | None, float | None, int]:
     n = len(xs)
     if n == 0:
         return None, None, 0
-    mean = sum(xs) / n
-    if n < 2:
-        return mean, None, n
-    var = sum((x - mean) ** 2 for x in xs) / (n - 1)
-    return mean, math.sqrt(var), n
+    # statistics' exact sums: seeds that agree (params, FLOPs) get std 0.0, not a rounding residue
+    return statistics.fmean(xs), (statistics.stdev(xs) if n > 1 else None), n
