@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from fptbench.report.significance import MARK
 from fptbench.report.tables import Table
 
 __all__ = ["to_markdown", "to_latex", "to_csv"]
@@ -53,13 +54,14 @@ def to_markdown(table: Table, *, heading: str | None = "###") -> str:
 def _is_text_column(table: Table, column: str) -> bool:
     """Descriptor columns (neck, axes, input, device) are left-aligned; numbers right-aligned."""
     values = [str(v) for v in table.display[column]]
-    return not all(re.fullmatch(r"[-+–]?[\d.]+( ± [\d.]+)?|–|n/a|ref|", v) for v in values)
+    number = r"[-+–<]?[\d.]+" + f"({re.escape(MARK)})?" + r"( ± [\d.]+)?|–|n/a|ref|"  # a Δ may carry the mark
+    return not all(re.fullmatch(number, v) for v in values)
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "±": r"$\pm$", "Δ": r"$\Delta$", "×": r"$\times$", "·": r"$\cdot$", "–": "--", "…": r"\dots{}",
-                  "≤": r"$\leq$", "≥": r"$\geq$"}
+                  "≤": r"$\leq$", "≥": r"$\geq$", "<": r"$<$", ">": r"$>$", "α": r"$\alpha$"}
 
 
 def latex_escape(text: str) -> str:

@@ -14,8 +14,11 @@ Four tables, each built only where it applies (:func:`build_tables`):
   latency, peak memory, input size, device (``record["profile"]``). Always.
 
 A cell holds ``mean ± std`` over seeds (sample std, ddof 1) with ``n`` in its own column; one
-seed: the mean alone. A row whose cells have no complete record is kept: dashes, and a
-numbered footnote with each run id and its state. ``n/a``: the records hold no such value.
+seed: the mean alone. Each Δ (against BFP, or the matrix's reference row) has a ``p Δ ...``
+column, Welch's t-test of the two rows' seeds (:mod:`.significance`), and a ``*`` where
+p < 0.05, with a note under the table saying the test, the level and n per group; n/a where
+either row has fewer than 2 seeds. A row whose cells have no complete record is kept: dashes,
+and a numbered footnote with each run id and its state. ``n/a``: the records hold no such value.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from fptbench.report import significance
 from fptbench.report.reference import Reference
 from fptbench.report.rows import AP_NAMES, COLUMNS, NECKS, Layout, Row, stats, values
 
@@ -52,8 +56,10 @@ class Table:
         title: one line.
         display: strings, one row per report row (Markdown / LaTeX).
         data: numbers, one row per report row (CSV): ``<column>`` mean, ``<column>_std``,
-            ``paper_<column>``, ``delta_<column>``, ``delta_pct_<column>``, ``n``, ``seeds``,
-            ``state``, ``run_ids``, ``footnotes``.
+            ``<column>_n`` (seeds with the value), ``paper_<column>``, ``delta_<column>``,
+            ``delta_pct_<column>``, ``p_delta_<column>`` (Welch's p, empty without a test),
+            ``delta_ref_<column>``, ``p_delta_ref_<column>``, ``n``, ``seeds``, ``state``,
+            ``run_ids``, ``footnotes``.
         marks: ``(row position, display column) -> footnote numbers`` (1-based).
         footnotes: numbered footnotes, in order.
         notes: unnumbered notes (what the numbers are).
@@ -128,17 +134,19 @@ class _Builder:
         self.data[data_name or header] = cells if data is None else data
 
     def stat(self, column: str, header: str | None = None) -> list[float | None]:
-        """Mean ± std of ``column`` per row; returns the means."""
+        """Mean ± std of ``column`` per row (CSV: mean, std and n, the seeds that hold a value); returns the means."""
         col = COLUMNS[column]
-        means, stds, cells = [], [], []
+        means, stds, counts, cells = [], [], [], []
         for row in self.rows:
-            mean, std, _ = stats(values(row, column))
+            mean, std, n = stats(values(row, column))
             means.append(mean)
             stds.append(std)
+            counts.append(n)
             cells.append(DASH if row.n == 0 else _fmt_stat(mean, std, col.kind))
         self.display[header or col.header] = cells
         self.data[column] = means
         self.data[f"{column}_std"] = stds
+        self.data[f"{column}_n"] = counts
         return means
 
     def reference(self, column: str, header: str, known: list[float | None], kind: str) -> None:
@@ -198,8 +206,8 @@ def _ap_table(name: str, title: str, layout: Layout, rows: list[Row],
               descriptors: list[tuple[str, Callable[[Row], Any]]], reference: Reference,
               ref_key: Callable[[Row], str | None]) -> Table:
     """Descriptors, n, box (and mask) AP..APl, Params, GFLOPs, latency, then Δ box/mask AP against
-    the BFP row of the same context (when there is one), each metric followed by its paper column
-    where the reference knows a value."""
+    the BFP row of the same context (when there is one) with Welch's p, each metric followed by its
+    paper column where the reference knows a value."""
     b = _Builder(name, title, rows)
     _common(b, descriptors)
     metrics = [f"bbox.{m}" for m in AP_NAMES] + ([f"segm.{m}" for m in AP_NAMES] if _has_masks(rows) else [])
@@ -211,36 +219,59 @@ def _ap_table(name: str, title: str, layout: Layout, rows: list[Row],
                     [None if k is None else reference.value(name, k, column) for k in keys], COLUMNS[column].kind)
     bfp = [layout.bfp_for(row) for row in rows]
     with_delta = any(r is not None for r in bfp)
+    sizes: list[tuple[int, int]] = []
     if with_delta:
         for column in _DELTA_OF:
             if column not in means:
                 continue
             word = COLUMNS[column].header
-            _delta(b, rows, bfp, means[column], column, f"Δ {word}", f"delta_{column}", percent=True)
+            ps = _welch(rows, bfp, column, sizes)
+            _delta(b, rows, bfp, means[column], column, ps, f"Δ {word}", f"delta_{column}", percent=True)
             b.reference(f"gain_pct_{column}", f"paper Δ {word} (%)",
                         [None if column.startswith("segm") and row.head == "faster_rcnn" else reference.gain(row.neck, column)
                          for row in rows], "delta")
+            _p_column(b, rows, bfp, ps, f"p Δ {word}", f"p_delta_{column}")
     versus = [layout.compared_row(row) for row in rows] if name == "design" else []
     with_versus = any(r is not None for r in versus)
     if with_versus:
         for column in _DELTA_OF:
             if column in means:
-                _delta(b, rows, versus, means[column], column, f"Δ {COLUMNS[column].header} vs ref",
-                       f"delta_ref_{column}", percent=False)
-    b.notes += _ap_notes(layout, rows, with_delta, reference, name, any(f"paper_gain_pct_{c}" in b.data for c in _DELTA_OF))
+                header = f"Δ {COLUMNS[column].header} vs ref"
+                ps = _welch(rows, versus, column, sizes)
+                _delta(b, rows, versus, means[column], column, ps, header, f"delta_ref_{column}", percent=False)
+                _p_column(b, rows, versus, ps, f"p {header}", f"p_delta_ref_{column}")
+    delta_notes = []
+    if with_delta:
+        delta_notes.append(_bfp_note(layout))
     if with_versus:
         setting = ", ".join(f"{a}={_text(v)}" for a, v in layout.compare_to.items())
-        b.notes.insert(2 if with_delta else 1,
-                       f"Δ … vs ref: difference of the mean from the matrix's reference row ({setting}"
-                       + (" with the same other settings" if len(layout.varying) > len(layout.compare_to) else "")
-                       + "); ref = that row itself.")
+        delta_notes.append(f"Δ … vs ref: difference of the mean from the matrix's reference row ({setting}"
+                           + (" with the same other settings" if len(layout.varying) > len(layout.compare_to) else "")
+                           + "); ref = that row itself.")
+    if with_delta or with_versus:
+        against = " and ".join(w for w, on in (("the BFP row (Δ)", with_delta), ("the reference row (Δ … vs ref)", with_versus)) if on)
+        delta_notes.append(significance.note(sizes, against))
+    b.notes += _ap_notes(layout, rows, delta_notes, reference, name, any(f"paper_gain_pct_{c}" in b.data for c in _DELTA_OF))
     return b.table()
 
 
+def _welch(rows: list[Row], refs: list[Row | None], column: str, sizes: list[tuple[int, int]]) -> list[float | None]:
+    """Welch's p of each row's seeds against its ``refs`` row's seeds on ``column`` (None: no test, or
+    the reference row itself); appends ``(n row, n ref)`` to ``sizes`` for every delta that is shown."""
+    ps = []
+    for row, ref in zip(rows, refs):
+        mine, theirs = values(row, column), (values(ref, column) if ref is not None and ref is not row else [])
+        if mine and theirs:
+            sizes.append((len(mine), len(theirs)))
+        ps.append(significance.welch_p(mine, theirs) if mine and theirs else None)
+    return ps
+
+
 def _delta(b: _Builder, rows: list[Row], refs: list[Row | None], mine: list[float | None], column: str,
-           header: str, data_name: str, *, percent: bool) -> None:
-    """A Δ column (and with ``percent`` a Δ (%) one): each row's mean minus its ``refs`` row's mean;
-    ``ref`` in the reference row itself, n/a where either mean is unknown."""
+           ps: list[float | None], header: str, data_name: str, *, percent: bool) -> None:
+    """A Δ column (and with ``percent`` a Δ (%) one): each row's mean minus its ``refs`` row's mean,
+    marked where its Welch ``ps`` is below the level; ``ref`` in the reference row itself, n/a
+    where either mean is unknown."""
     diffs, pcts, cells, pct_cells = [], [], [], []
     for i, row in enumerate(rows):
         ref = refs[i]
@@ -254,13 +285,22 @@ def _delta(b: _Builder, rows: list[Row], refs: list[Row | None], mine: list[floa
         elif ref is row:
             cell = pct_cell = "ref" if mine[i] is not None else NA
         else:
-            cell = NA if diff is None else f"{diff:+.1f}"
+            mark = significance.MARK if ps[i] is not None and ps[i] < significance.ALPHA else ""
+            cell = NA if diff is None else f"{diff:+.1f}{mark}"
             pct_cell = NA if pct is None else f"{pct:+.1f}"
         cells.append(cell)
         pct_cells.append(pct_cell)
     b.text(header, cells, diffs, data_name)
     if percent:
         b.text(f"{header} (%)", pct_cells, pcts, data_name.replace("delta_", "delta_pct_", 1))
+
+
+def _p_column(b: _Builder, rows: list[Row], refs: list[Row | None], ps: list[float | None],
+              header: str, data_name: str) -> None:
+    """The Welch p of each delta: ``ref`` in the reference row, n/a where no test applies."""
+    cells = [DASH if row.n == 0 else "ref" if ref is row else NA if p is None else significance.fmt_p(p)
+             for row, ref, p in zip(rows, refs, ps)]
+    b.text(header, cells, ps, data_name)
 
 
 def _context_words(layout: Layout) -> str:
@@ -298,14 +338,17 @@ def _profile_words(rows: list[Row]) -> str:
             f"{', '.join(map(str, runs)) or '?'} timed forward pass(es) on {', '.join(devices) or '?'}")
 
 
-def _ap_notes(layout: Layout, rows: list[Row], with_delta: bool, reference: Reference, name: str,
+def _bfp_note(layout: Layout) -> str:
+    ctx = _context_words(layout)
+    return ("Δ: difference of the mean from the BFP row" + (f" with the same {ctx}" if ctx else "")
+            + "; Δ (%) = 100 · Δ / BFP; ref = the BFP row itself.")
+
+
+def _ap_notes(layout: Layout, rows: list[Row], delta_notes: list[str], reference: Reference, name: str,
               shows_gain: bool) -> list[str]:
     notes = [f"AP: COCO AP in percent on {_dataset_words(rows)}; mean ± sample standard deviation "
              f"over seeds, n = seeds with a complete record (n = 1: the one run, no ±)."]
-    if with_delta:
-        ctx = _context_words(layout)
-        notes.append("Δ: difference of the mean from the BFP row" + (f" with the same {ctx}" if ctx else "")
-                     + "; Δ (%) = 100 · Δ / BFP; ref = the BFP row itself.")
+    notes += delta_notes
     notes.append(f"GFLOPs = 2 × GMACs (fvcore, with our attention handles); GFLOPs and latency: {_profile_words(rows)}.")
     notes.append(f"{DASH}: no complete record (footnote). {NA}: no such value in the records (no mask head, "
                  "COCOeval's -1 for a size with no objects, or no BFP row to compare with).")
