@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 from fptbench.errors import UsageError
 from fptbench.fileio import atomic_write
-from fptbench.report.figures import bars_figure, scatter_figure
+from fptbench.report.figures import ERROR_BARS, bars_figure, scatter_figure
 from fptbench.report.reference import load_reference
 from fptbench.report.render import to_csv, to_latex, to_markdown
 from fptbench.report.rows import Layout, collect_rows, values
@@ -63,14 +63,14 @@ def _figures(layout: Layout, tables: list[Table], out: Path) -> tuple[list[tuple
         title = f"AP vs {word}"
         files = scatter_figure(rows, column, word, out / stem, title=title)
         left = [r.label for r in rows if not (values(r, column) and values(r, "bbox.AP"))]
-        caption = ("One point per row (mean over seeds; bars: sample std when n > 1). GFLOPs = 2 × GMACs."
+        caption = (f"One point per row (mean over seeds); error bars: {ERROR_BARS}. GFLOPs = 2 × GMACs."
                    + (f" Not drawn (no complete record or no value): {', '.join(left)}." if left else ""))
         drawn.append((title, files, caption))
     for table in tables:
         if table.name in ("ablation", "design"):
             files = bars_figure(table.rows, out / f"{table.name}_bars", title=table.title)
             left = [r.label for r in table.rows if r.n == 0]
-            caption = ("Bars: mean over seeds; whiskers: sample std (n > 1)."
+            caption = (f"Bars: mean over seeds; whiskers: {ERROR_BARS}."
                        + (f" Not drawn (no complete record): {', '.join(left)}." if left else ""))
             drawn.append((f"{table.title} (bars)", files, caption))
     return drawn, [p for _, files, _ in drawn for p in files]

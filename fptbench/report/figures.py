@@ -4,7 +4,10 @@
   ± sample-std error bars when n > 1), labelled with the row's name; box AP and, with a mask
   head, mask AP side by side.
 - ``<table>_bars``: the ablation (and the design table) as grouped bars, AP .. APl per row,
-  bars = seed means, whiskers = sample std over seeds.
+  bars = seed means, whiskers = sample std over seeds (n > 1).
+
+The numbers are those of the tables (:func:`~fptbench.report.rows.stats`); :func:`draw_scatter`
+and :func:`draw_bars` return the figure, :func:`scatter_figure` and :func:`bars_figure` write it.
 
 No pyplot: each figure is a :class:`matplotlib.figure.Figure` rendered by the Agg canvas, so
 nothing global (backend, open figures) changes in the caller's process.
@@ -25,9 +28,11 @@ from matplotlib.figure import Figure
 from fptbench.fileio import write_bytes_atomic
 from fptbench.report.rows import AP_NAMES, NECKS, Row, stats, values
 
-__all__ = ["scatter_figure", "bars_figure", "FORMATS"]
+__all__ = ["draw_scatter", "scatter_figure", "draw_bars", "bars_figure", "ERROR_BARS", "FORMATS"]
 
 FORMATS = ("png", "pdf")
+ERROR_BARS = "± 1 sample std (ddof 1) over seeds; none where n = 1"
+"""What every error bar in the report's figures is (legends and captions say it)."""
 _DPI = 150
 
 
@@ -99,11 +104,12 @@ def _place_labels(ax, xs: list[float], ys: list[float], labels: list[str]) -> No
                     arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6, shrinkA=0, shrinkB=4) if dy > 8 else None)
 
 
-def scatter_figure(rows: Sequence[Row], x_column: str, x_label: str, stem: Path, *, title: str) -> list[Path]:
-    """AP against ``x_column`` (e.g. ``gflops``, ``latency_ms``), one labelled point per row.
+def draw_scatter(rows: Sequence[Row], x_column: str, x_label: str, *, title: str) -> Figure | None:
+    """AP against ``x_column`` (e.g. ``gflops``, ``latency_ms``), one labelled point per row (seed
+    means) with :data:`ERROR_BARS` on both axes where n > 1.
 
-    Rows without a value on either axis are left out (the caller lists them). Returns the PNG
-    and PDF paths, or ``[]`` when no row has a point.
+    Rows without a value on either axis are left out (the caller lists them). ``None`` when no
+    row has a point.
     """
     tasks = _tasks(rows)
     points = []
@@ -115,7 +121,7 @@ def scatter_figure(rows: Sequence[Row], x_column: str, x_label: str, stem: Path,
                 points.append({"task": word, "label": row.label, "neck": row.neck or "?", "x": x,
                                "x_std": x_std, "y": y, "y_std": y_std, "n": n})
     if not points:
-        return []
+        return None
     df = pd.DataFrame(points)
     hue_order = _hue_order(rows)
     with sns.axes_style("whitegrid"):
@@ -126,8 +132,10 @@ def scatter_figure(rows: Sequence[Row], x_column: str, x_label: str, stem: Path,
             if part.empty:
                 ax.set_visible(False)
                 continue
-            ax.errorbar(part["x"], part["y"], xerr=part["x_std"].fillna(0), yerr=part["y_std"].fillna(0),
-                        fmt="none", ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
+            spread = part[part["n"] > 1]  # one seed has no spread: no bar rather than a bar of 0
+            if not spread.empty:
+                ax.errorbar(spread["x"], spread["y"], xerr=spread["x_std"].fillna(0), yerr=spread["y_std"],
+                            fmt="none", ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
             sns.scatterplot(data=part, x="x", y="y", hue="neck", hue_order=[h for h in hue_order if h in set(part["neck"])],
                             palette=_palette(hue_order, hue_order), s=55, ax=ax, zorder=2)
             ax.margins(x=0.25)
@@ -139,41 +147,51 @@ def scatter_figure(rows: Sequence[Row], x_column: str, x_label: str, stem: Path,
             ax.set_ylabel(f"{word} (%)")
             ax.set_title(f"{word} vs {x_label}", fontsize=10)
             _place_labels(ax, list(part["x"]), list(part["y"]), list(part["label"]))
-        _legend(fig, axes, "neck")
+        _legend(fig, axes, f"neck; error bars: {ERROR_BARS}")
         fig.suptitle(title, fontsize=11)
-        return _save(fig, stem)
+    return fig
+
+
+def scatter_figure(rows: Sequence[Row], x_column: str, x_label: str, stem: Path, *, title: str) -> list[Path]:
+    """:func:`draw_scatter` written to ``stem``.png and .pdf; returns the paths, ``[]`` when nothing is drawn."""
+    fig = draw_scatter(rows, x_column, x_label, title=title)
+    return [] if fig is None else _save(fig, stem)
+
+
+def draw_bars(rows: Sequence[Row], *, title: str) -> Figure | None:
+    """Grouped bars: AP, AP50, AP75, APs, APm, APl on the x axis, one bar per row, box and mask
+    panels. Bar = mean over seeds, whisker = :data:`ERROR_BARS` (n > 1). ``None`` when no values."""
+    tasks = _tasks(rows)
+    drawn = [row for row in rows if any(values(row, f"{task}.{name}") for task, _ in tasks for name in AP_NAMES)]
+    if not drawn:
+        return None
+    palette = _palette([row.label for row in drawn], [row.neck for row in drawn])
+    width = 0.8 / len(drawn)
+    with sns.axes_style("whitegrid"):
+        fig = Figure(figsize=(max(6.0, 0.5 * len(drawn) * len(AP_NAMES) / 2 + 3) * len(tasks) * 0.8, 4.2))
+        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+        for ax, (task, word) in zip(axes, tasks):
+            top = 0.0
+            for k, row in enumerate(drawn):
+                points = [(i - 0.4 + width * (k + 0.5), *stats(values(row, f"{task}.{name}"))[:2])
+                          for i, name in enumerate(AP_NAMES)]  # (x, mean, std)
+                points = [p for p in points if p[1] is not None]
+                ax.bar([p[0] for p in points], [p[1] for p in points], width, color=palette[row.label], label=row.label)
+                spread = [p for p in points if p[2] is not None]
+                if spread:
+                    ax.errorbar([p[0] for p in spread], [p[1] for p in spread], yerr=[p[2] for p in spread],
+                                fmt="none", ecolor="0.2", elinewidth=1, capsize=3)
+                top = max([top] + [p[1] + (p[2] or 0.0) for p in points])
+            ax.set_xticks(range(len(AP_NAMES)), AP_NAMES)
+            ax.set_ylabel(f"{word.split()[0]} AP (%)")
+            ax.set_title(word.split()[0], fontsize=10)
+            _ap_limits(ax, top)
+        _legend(fig, axes, f"bars: mean over seeds; whiskers: {ERROR_BARS}")
+        fig.suptitle(title, fontsize=11)
+    return fig
 
 
 def bars_figure(rows: Sequence[Row], stem: Path, *, title: str) -> list[Path]:
-    """Grouped bars: AP, AP50, AP75, APs, APm, APl on the x axis, one bar per row (hue), box and
-    mask panels. Bar = mean over seeds, whisker = sample std (n > 1). ``[]`` when no values."""
-    tasks = _tasks(rows)
-    long = []
-    for row in rows:
-        for record in row.records:
-            for task, word in tasks:
-                for name in AP_NAMES:
-                    v = ((record.get("metrics") or {}).get(task) or {}).get(name)
-                    if v is not None and v >= 0:
-                        long.append({"task": word, "metric": name, "row": row.label, "AP": float(v)})
-    if not long:
-        return []
-    df = pd.DataFrame(long)
-    drawn = [row for row in rows if row.label in set(df["row"])]
-    order = [row.label for row in drawn]
-    palette = _palette(order, [row.neck for row in drawn])
-    with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(max(6.0, 0.5 * len(order) * len(AP_NAMES) / 2 + 3) * len(tasks) * 0.8, 4.2))
-        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-        for ax, (_, word) in zip(axes, tasks):
-            part = df[df["task"] == word]
-            sns.barplot(data=part, x="metric", y="AP", hue="row", order=list(AP_NAMES), hue_order=order,
-                        errorbar="sd", capsize=0.15, err_kws={"linewidth": 1}, palette=palette, ax=ax)
-            ax.set_xlabel("")
-            ax.set_ylabel(f"{word.split()[0]} AP (%)")
-            ax.set_title(word.split()[0], fontsize=10)
-            top = part.groupby(["metric", "row"])["AP"].agg(lambda v: v.mean() + (v.std() if len(v) > 1 else 0))
-            _ap_limits(ax, float(top.max()))
-        _legend(fig, axes, None)
-        fig.suptitle(title, fontsize=11)
-        return _save(fig, stem)
+    """:func:`draw_bars` written to ``stem``.png and .pdf; returns the paths, ``[]`` when nothing is drawn."""
+    fig = draw_bars(rows, title=title)
+    return [] if fig is None else _save(fig, stem)
