@@ -55,6 +55,37 @@ def cell_of(record: dict, state: str = "done") -> dict:
     return {"run_id": record["cell"]["run_id"], "axes": dict(record["cell"]["axes"]), "state": state}
 
 
+def set_ap(record: dict, box: float, mask: float) -> dict:
+    """Known AP numbers in a copy of a real record (2-iteration runs score 0.0 everywhere)."""
+    out = copy.deepcopy(record)
+    out["metrics"]["bbox"]["AP"] = box
+    out["metrics"]["segm"]["AP"] = mask
+    return out
+
+
+SEEDED_AP = {
+    "bfp": [(30.0, 27.0), (30.4, 27.2), (29.8, 27.1)],
+    "st": [(31.0, 27.5), (30.2, 27.9)],
+    "fpt": [(33.1, 29.0), (33.5, 29.4), (32.9, 29.1)],
+}
+"""(box AP, mask AP) per seed of the seeded ablation: FPT clearly above BFP, +ST within the noise."""
+
+
+@pytest.fixture(scope="session")
+def seeded(tiny_runs) -> dict:
+    """An ablation with 3, 2 and 3 seeds (bfp, st, fpt) of known APs (:data:`SEEDED_AP`), copies
+    of the real seed-0 records; the cells add st seed 2, failed."""
+    records = []
+    for label, aps in SEEDED_AP.items():
+        for seed, (box, mask) in enumerate(aps):
+            record = set_ap(tiny_runs[f"{label}-s0"], box, mask)
+            records.append(with_cell(record, f"{label}-s{seed}", {"ablation": label, "seed": seed}))
+    cells = [cell_of(r) for r in records]
+    cells.insert(5, {"run_id": "st-s2", "axes": {"ablation": "st", "seed": 2}, "state": "failed",
+                     "error": "RuntimeError: NaN loss"})
+    return {"records": records, "cells": cells}
+
+
 @pytest.fixture(scope="session")
 def tiny_runs(tmp_path_factory) -> dict[str, dict]:
     """Records by name: bfp-s0, bfp-s1, st-s0, fpt-s0 (Mask R-CNN), faster-bfp-s0 (Faster R-CNN)."""

@@ -13,7 +13,7 @@ from fptbench.report.reference import Reference, load_reference
 from fptbench.report.rows import collect_rows
 from fptbench.report.tables import build_tables
 
-from .conftest import cell_of, with_cell
+from .conftest import cell_of, set_ap, with_cell
 
 AP_COLUMNS = [f"{w} {m}" for w in ("box", "mask") for m in ("AP", "AP50", "AP75", "APs", "APm", "APl")]
 
@@ -27,14 +27,6 @@ def _row(table, neck):
     rows = table.display.index[table.display["neck"] == neck]
     assert len(rows) == 1, f"{neck}: {list(table.display['neck'])}"
     return rows[0]
-
-
-def _set_ap(record, box, mask):
-    """Known AP numbers in a copy of a real record (2-iteration runs score 0.0 everywhere)."""
-    out = copy.deepcopy(record)
-    out["metrics"]["bbox"]["AP"] = box
-    out["metrics"]["segm"]["AP"] = mask
-    return out
 
 
 def test_ablation_rows_columns_in_paper_order(ablation):
@@ -61,9 +53,9 @@ def test_neck_comes_from_the_config_not_the_label(ablation):
 
 def test_mean_std_over_seeds_and_n(ablation):
     records = copy.deepcopy(ablation["records"])
-    records[0] = _set_ap(records[0], 30.0, 27.0)   # bfp seed 0
-    records[1] = _set_ap(records[1], 32.0, 28.0)   # bfp seed 1
-    records[3] = _set_ap(records[3], 33.0, 30.0)   # fpt seed 0
+    records[0] = set_ap(records[0], 30.0, 27.0)   # bfp seed 0
+    records[1] = set_ap(records[1], 32.0, 28.0)   # bfp seed 1
+    records[3] = set_ap(records[3], 33.0, 30.0)   # fpt seed 0
     table = _tables(records, ablation["cells"])["ablation"]
     bfp, fpt = _row(table, "BFP"), _row(table, "FPT")
     assert table.display.loc[bfp, "box AP"] == "31.0 ± 1.4"      # sample std of 30, 32: sqrt(2)
@@ -77,10 +69,10 @@ def test_mean_std_over_seeds_and_n(ablation):
 
 def test_delta_against_the_bfp_row(ablation):
     records = copy.deepcopy(ablation["records"])
-    records[0] = _set_ap(records[0], 30.0, 27.0)
-    records[1] = _set_ap(records[1], 32.0, 28.0)
-    records[2] = _set_ap(records[2], 31.5, 27.5)   # st
-    records[3] = _set_ap(records[3], 33.0, 30.0)
+    records[0] = set_ap(records[0], 30.0, 27.0)
+    records[1] = set_ap(records[1], 32.0, 28.0)
+    records[2] = set_ap(records[2], 31.5, 27.5)   # st
+    records[3] = set_ap(records[3], 33.0, 30.0)
     table = _tables(records, ablation["cells"])["ablation"]
     d = table.display
     assert d.loc[_row(table, "BFP"), "Δ box AP"] == "ref"
@@ -215,7 +207,7 @@ def _paper_vs_code(tiny_runs):
             record["config"]["fpt"]["input"] = "lateral"
         if label == "st_pool":
             record["config"]["st"]["pool_kv"] = True
-        records.append(with_cell(_set_ap(record, box, mask), f"{label}-s0", {"variant": label, "seed": 0}))
+        records.append(with_cell(set_ap(record, box, mask), f"{label}-s0", {"variant": label, "seed": 0}))
     cells = [cell_of(r) for r in records] + [{"run_id": "gt_linear-s0", "axes": {"variant": "gt_linear", "seed": 0},
                                               "state": "pending"}]
     return records, cells
@@ -231,6 +223,8 @@ def test_design_table_delta_against_the_matrix_reference_row(tiny_runs):
     assert list(d["Δ mask AP vs ref"]) == ["ref", "-1.0", "+0.0", "-2.5", "–"]
     assert t.data["delta_ref_bbox.AP"].tolist()[:4] == pytest.approx([0.0, 1.5, -1.0, -2.0])
     assert d.loc["code", "Δ box AP"] == "+3.5"                     # the BFP delta is still there
+    assert list(d["p Δ box AP vs ref"]) == ["ref", "n/a", "n/a", "n/a", "–"]  # one seed each: no test
+    assert any("the BFP row (Δ) and the reference row (Δ … vs ref)" in n and "1 vs 1" in n for n in t.notes)
     assert any("reference row (variant=paper)" in n for n in t.notes)
     # the ablation table (necks vs BFP) does not take it
     assert not any("vs ref" in c for c in tables["ablation"].display.columns)
