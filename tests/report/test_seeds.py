@@ -72,6 +72,8 @@ def test_mean_std_and_n_over_seeds(seeded):
             assert table.display.loc[i, header] == f"{mean:.1f} ± {std:.1f}"
         assert table.display.loc[i, "n"] == str(len(SEEDED_AP[label]))   # st: 2, its failed seed 2 not counted
     assert table.display.loc[_at(table, "BFP"), "box AP"] == "30.1 ± 0.3"  # pinned: 30.0, 30.4, 29.8
+    # copies of one profile: the seeds agree exactly, so no '± 0.0' from a rounding residue of the mean
+    assert table.data.loc[_at(table, "BFP"), "gflops_std"] == 0.0 and "±" not in table.display.loc[_at(table, "BFP"), "GFLOPs"]
 
 
 @pytest.mark.parametrize("task, header", [("bbox", "box AP"), ("segm", "mask AP")])
