@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--set", "model.backbone", "resnet18", "--set", "model.min_size", "64", "--set", "model.max_size", "64",
         "--set", "train.max_iter", "2", "--set", "train.warmup_iters", "1", "--set", "train.steps", "[]",
-        "--set", "train.images_per_device", "2", "--set", "model.box_score_thresh", "0.0"]
+        "--set", "train.images_per_device", "2", "--set", "model.box_score_thresh", "0.0",
+        "--set", "model.backbone_pretrain", "''"]  # a fresh trunk: no pre-training
 
 
 def fptbench(*args, check=True):

@@ -32,7 +32,7 @@ PAPER = sorted(
      for neck in ("bfp", "fpt")]
     + [f"maskrcnn_x101_32x8d_{neck}" for neck in ("bfp", "fpt")]
 )
-SYNTH = ["synth_r18_bfp", "synth_r18_fpt"]  # the embedded dataset's configs (fptbench.data.synth)
+SYNTH = ["synth_r18_bfp", "synth_r18_fpt", "synth_r18_pretrain"]  # the embedded dataset's configs (fptbench.data.synth)
 CODE = ["fasterrcnn_r50_fpt_code", "maskrcnn_r50_fpt_code"]  # the authors' FPT_a [code]
 SHIPPED = sorted(PAPER + SYNTH + CODE)
 TRUNKS = {"r50": "resnet50", "r101": "resnet101", "x101_32x8d": "resnext101_32x8d",

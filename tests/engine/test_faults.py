@@ -25,7 +25,7 @@ TINY = [
     ("model.backbone", "resnet18"), ("model.min_size", "64"), ("model.max_size", "64"),
     ("model.rpn_pre_nms_top_n_test", "50"), ("model.rpn_post_nms_top_n_test", "50"),
     ("train.images_per_device", "1"), ("train.warmup_iters", "1"), ("train.steps", "[]"),
-    ("data.num_workers", "0"),
+    ("data.num_workers", "0"), ("model.backbone_pretrain", "''"),  # a fresh trunk: no pre-training
 ]
 
 

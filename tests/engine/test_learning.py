@@ -22,6 +22,7 @@ SHORT = [
     ("train.warmup_iters", "10"),
     ("train.steps", "[35]"),
     ("train.checkpoint_period", "40"),
+    ("model.backbone_pretrain", ""),  # from scratch: what the floor was measured with
 ]
 
 

@@ -25,7 +25,7 @@ write_synth(sys.argv[1], train=4, val=2, size=64, seed=0)
 cfg = load_config("synth_r18_fpt", [
     ("data.root", sys.argv[1]), ("model.min_size", 64), ("model.max_size", 64),
     ("train.max_iter", 4), ("train.images_per_device", 1), ("train.warmup_iters", 1), ("train.steps", []),
-    ("train.eval_at_end", False), ("device", "cpu")])  # bitwise equality is a CPU property
+    ("train.eval_at_end", False), ("device", "cpu"), ("model.backbone_pretrain", "")])  # bitwise equality is a CPU property
 print(train(cfg, sys.argv[2], progress=False, save=False)["weights_sha256"])
 """
 

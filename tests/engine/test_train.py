@@ -33,6 +33,7 @@ TINY = [
     ("train.steps", "[6]"),
     ("train.base_lr", "0.01"),
     ("train.eval_at_end", "false"),
+    ("model.backbone_pretrain", "''"),  # a fresh trunk: no pre-training
     ("data.num_workers", "1"),
 ]
 

@@ -17,8 +17,8 @@ def test_debug_caps_the_run():
     cfg = load_config("synth_r18_fpt", [("DEBUG", "true")])
     run = effective_config(cfg)
     assert run["train"]["max_iter"] == 20 and run["train"]["checkpoint_period"] <= 20
-    assert cfg["train"]["max_iter"] == 180  # the caller's config is not modified
-    assert effective_config(load_config("synth_r18_fpt"))["train"]["max_iter"] == 180
+    assert cfg["train"]["max_iter"] == 100  # the caller's config is not modified
+    assert effective_config(load_config("synth_r18_fpt"))["train"]["max_iter"] == 100
 
 
 def test_multi_scale_in_training_and_the_test_scale_in_evaluation():

@@ -304,7 +304,7 @@ def test_find_matrix(tmp_path):
 # --- shipped matrices ------------------------------------------------------------------------
 
 SHIPPED = {  # name: (cells, world_size, profile size, axes)
-    "demo": (5, 1, [128, 128], ("ablation", "seed")),
+    "demo": (10, 1, [128, 128], ("ablation", "seed")),
     "paper_ablation": (8, 8, [800, 1333], ("ablation", "seed")),
     "paper_backbones": (12, 8, [800, 1333], ("backbone", "head", "neck", "seed")),
     "paper_design": (9, 8, [800, 1333], ("design", "seed")),
@@ -380,11 +380,14 @@ def test_paper_vs_code_code_cell_is_the_preset_and_others_change_one_difference(
 
 
 def test_demo_is_cpu_sized_and_fpt_cells_start_as_bfp():
+    # Issue 13's protocol: every neck with 2 seeds, all fine-tuned from one pre-trained trunk.
     matrix = load_matrix("demo")
-    assert [c.axes["ablation"] for c in matrix.cells] == ["bfp", "st", "gt", "rt", "fpt"]
+    assert [(c.axes["ablation"], c.axes["seed"]) for c in matrix.cells] == [
+        (neck, seed) for neck in ("bfp", "st", "gt", "rt", "fpt") for seed in (0, 1)]
     for cell in matrix.cells:
         train = cell.config["train"]
-        assert train["max_iter"] <= 30 and max(train["steps"]) < train["max_iter"]
+        assert train["max_iter"] <= 100 and max(train["steps"]) < train["max_iter"]
+        assert cell.config["model"]["backbone_pretrain"] == "synth_r18_pretrain"
         assert cell.config["model"]["backbone"] == "resnet18" and cell.config["data"]["root"] == "data/synth"
         assert (cell.config["fpt"]["fuse_init"], cell.config["fpt"]["norm"]) == ("identity", "none")
     assert matrix.profile == {"size": [128, 128], "runs": 3, "warmup": 1}

@@ -29,6 +29,7 @@ set:
   train.steps: []
   train.checkpoint_period: 2
   train.log_period: 1
+  model.backbone_pretrain: ""   # a fresh trunk: no pre-training
 profile: {size: [128, 128], runs: 1, warmup: 0}
 """
 BFP = "    bfp: {}\n"

@@ -27,7 +27,7 @@ TINY = [
     ("model.rpn_pre_nms_top_n_test", 50), ("model.rpn_post_nms_top_n_test", 50),
     ("model.box_detections_per_img", 10),
     ("train.max_iter", 2), ("train.images_per_device", 1), ("train.warmup_iters", 1), ("train.steps", []),
-    ("train.checkpoint_period", 1000), ("train.log_period", 1000),
+    ("train.checkpoint_period", 1000), ("train.log_period", 1000), ("model.backbone_pretrain", ""),
 ]
 NECKS = {"bfp": (False, False, False), "st": (True, False, False), "fpt": (True, True, True)}
 
