@@ -33,6 +33,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from fptbench.engine.machine import matmul_gflops  # noqa: E402
 from fptbench.modeling.fpt import FeaturePyramidTransformer  # noqa: E402
 from fptbench.ops.mos_attention import PROFILE_BACKWARD, PROFILE_FORWARD  # noqa: E402
 
@@ -72,17 +73,6 @@ def attention_flops(calls, mode: str) -> float:
 def naive_bytes(calls, mode: str) -> float:
     """Rough peak of the materialised scores: N + 2 tiles (fwd), 2N + 4 with autograd."""
     return max((n + 2 if mode == "fwd" else 2 * n + 4) * lq * lk * 4.0 for lq, lk, _, _, n in calls)
-
-
-def matmul_gflops(n: int = 4096, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / sorted(times)[len(times) // 2] / 1e9
 
 
 def _rss_kb(field: str) -> int:
@@ -152,7 +142,7 @@ def main() -> None:
 
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes.split(",")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, fp32, batch 1")
-    mm = matmul_gflops()
+    mm = matmul_gflops(4096)
     print(f"matmul (4096^2, fp32): {mm:.0f} GFLOP/s")
     rows = []
     header = f"{'input':>10} {'variant':>6} {'mode':>8} {'wall s':>8} {'peak MB':>8} {'attn GFLOP':>10} {'GFLOP/s':>8} {'of matmul':>9}"

@@ -30,10 +30,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from benchmarks.train_step import matmul_gflops  # noqa: E402
 from fptbench.config import load_config  # noqa: E402
 from fptbench.data.synth import summary_line, write_synth  # noqa: E402
 from fptbench.engine import evaluate_model, train  # noqa: E402
+from fptbench.engine.machine import matmul_gflops  # noqa: E402
 from fptbench.engine.model import load_model  # noqa: E402
 from fptbench.engine.pretrain import ensure_trunk  # noqa: E402
 from fptbench.report.significance import fmt_p, welch_p  # noqa: E402

@@ -31,6 +31,7 @@ import torch  # noqa: E402
 from fptbench.config import load_config  # noqa: E402
 from fptbench.data import build_dataset  # noqa: E402
 from fptbench.data.synth import write_synth  # noqa: E402
+from fptbench.engine.machine import matmul_gflops  # noqa: E402
 from fptbench.engine.trainer import collate  # noqa: E402
 from fptbench.modeling import build_model  # noqa: E402
 
@@ -38,18 +39,6 @@ CONFIGS = ("synth_r18_bfp", "synth_r18_fpt")
 TORCHVISION = [("model.fpn_channels", 256), ("model.box_head_dim", 1024), ("model.mask_head_channels", 256),
                ("model.roi_sampling_ratio", 2), ("model.box_batch_size_per_image", 512),
                ("model.box_positive_fraction", 0.25), ("gt.channels", 128)]
-
-
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """fp32 GFLOP/s of an n x n matmul on this process's threads (best of ``repeats``)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def seconds_per_iter(name: str, data: Path, overrides: list, iters: int, warmup: int) -> float:

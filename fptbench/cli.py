@@ -611,9 +611,12 @@ def _demo_args(parser: argparse.ArgumentParser) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """The whole harness on this machine: embedded data -> experiments/demo.yaml through the local
     executor (train, evaluate, profile each cell) -> report. Finished cells are reused."""
+    from fptbench.engine.machine import matmul_gflops
     from fptbench.launch import run_sweep
 
     start = time.perf_counter()
+    rate = matmul_gflops()
+    print(f"demo: this machine multiplies 2048x2048 fp32 matrices at {rate:.0f} GFLOP/s")
     data = Path(args.data)
     if not (data / "annotations" / "instances_train.json").exists():
         from fptbench.data.synth import summary_line, write_synth
@@ -635,7 +638,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nfigures: {', '.join(pngs)}")
     counts = outcome.counts()
     print(f"demo: {counts.get('done', 0)} of {len(matrix.cells)} cells done "
-          f"({len(outcome.submitted)} run now) in {(time.perf_counter() - start) / 60:.1f} min; report: {report['index']}")
+          f"({len(outcome.submitted)} run now) in {(time.perf_counter() - start) / 60:.1f} min at "
+          f"{rate:.0f} -> {matmul_gflops():.0f} GFLOP/s matmul (start -> end); report: {report['index']}")
     return 0 if counts.get("done", 0) == len(matrix.cells) else 1
 
 
