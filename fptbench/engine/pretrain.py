@@ -11,8 +11,10 @@ The cache lives under the data folder, keyed by a digest of what makes the trunk
     <data.root>/pretrained/<NAME>-<digest>/        the pre-training run (checkpoints, result.json)
     <data.root>/pretrained/<NAME>-<digest>.pth     its trunk, torchvision classification keys
 
-``digest`` = sha256 of the pre-training config (resolved, with this run's ``data.root``) and of
-the bytes of its training annotations: another recipe or other data is another file. The file is
+``digest`` = sha256 of the pre-training config (resolved, with this run's ``data.root``; only the
+values that differ from the schema's defaults, so that a new key added to the schema with its
+default keeps the cache) and of the bytes of its training annotations: another recipe or other
+data is another file. The file is
 written atomically after the run ends, under a lock, so concurrent cells wait for one
 pre-training instead of repeating it; a killed pre-training resumes from its last checkpoint.
 """
@@ -63,6 +65,17 @@ def _annotations(cfg: dict) -> Path:
     return Path(cfg["data"]["root"]) / resolve_split(cfg["data"]["train"])[0]
 
 
+def _recipe(pre: dict) -> dict[str, Any]:
+    """The values of a resolved config that differ from the schema defaults, by dotted key."""
+    from fptbench.config import flat_defaults
+
+    defaults = flat_defaults()
+    flat = {f"{section}.{key}" if isinstance(values, dict) else section: value
+            for section, values in pre.items()
+            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
+    return {key: value for key, value in flat.items() if value != defaults.get(key)}
+
+
 def trunk_path(cfg: dict) -> Path:
     """Where the trunk of ``cfg``'s ``model.backbone_pretrain`` is cached (it may not exist yet).
 
@@ -77,7 +90,7 @@ def trunk_path(cfg: dict) -> Path:
         data = hashlib.sha256(annotations.read_bytes()).hexdigest()
     except OSError as err:
         raise UsageError(f"{annotations}: cannot read the pre-training annotations: {err.strerror}") from None
-    digest = hashlib.sha256(f"{config_hash(pre)}:{data}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{config_hash(_recipe(pre))}:{data}".encode()).hexdigest()[:12]
     name = Path(cfg["model"]["backbone_pretrain"]).stem
     return Path(cfg["data"]["root"]) / PRETRAINED_DIR / f"{name}-{digest}.pth"
 

@@ -86,9 +86,16 @@ def test_trunk_is_pretrained_once_reused_and_loaded_exactly(synth, tmp_path):
     assert not torch.equal(fresh["layer1.0.conv1.weight"], trunk["layer1.0.conv1.weight"])
 
 
-def test_digest_follows_the_recipe_and_the_data(synth, tmp_path):
+def test_digest_follows_the_recipe_and_the_data(synth, tmp_path, monkeypatch):
     two, three = _recipe(tmp_path, 2), _recipe(tmp_path, 3)
     assert trunk_path(_cfg(synth, two)) == trunk_path(_cfg(synth, two))
+    # a key added to the schema with its default does not throw the cache away
+    from fptbench import config
+
+    cached = trunk_path(_cfg(synth, two))
+    monkeypatch.setitem(config.SCHEMA, "train.new_key", config.Key(7, int, "added later"))
+    assert "new_key" in _cfg(synth, two)["train"] and trunk_path(_cfg(synth, two)) == cached
+    monkeypatch.undo()
     # the cells' own seed and neck do not change the trunk they share
     assert trunk_path(_cfg(synth, two, seed=1, **{"fpt.st": False})) == trunk_path(_cfg(synth, two))
     assert trunk_path(_cfg(synth, three)) != trunk_path(_cfg(synth, two))
