@@ -151,6 +151,7 @@ SCHEMA: dict[str, Key] = {
     "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
     "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
     "model.backbone_pretrain": Key("", str, "config (name or path) whose training run pre-trains the trunk, once: cached under data.root/pretrained/ by a digest of that config and the data, then loaded as model.backbone_weights would be ('' = none) [ours]"),
+    "model.pretrain_heads": Key(False, bool, "with model.backbone_pretrain: also start the RPN and RoI heads from that run; the neck (FPN, transformers) starts fresh [ours: a CPU budget cannot re-learn the heads]"),
     "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3) [ours]", sources={True: "code", False: "ours"}),
     # fpt: which transformers the neck has and how their outputs are fused
     "fpt.st": Key(True, bool, "Self-Transformer on every level (non-local interaction within a level)"),

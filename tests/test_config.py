@@ -74,7 +74,8 @@ def test_defaults_are_the_interface_values():
                             "box_batch_size_per_image": 512, "box_positive_fraction": 0.25,
                             "roi_sampling_ratio": 2, "fpn_channels": 256, "box_head_dim": 1024,
                             "mask_head_channels": 256,
-                            "weights": "", "backbone_weights": "", "backbone_pretrain": "", "stride_in_1x1": False}
+                            "weights": "", "backbone_weights": "", "backbone_pretrain": "", "pretrain_heads": False,
+                            "stride_in_1x1": False}
     assert cfg["fpt"] == {"st": True, "gt": True, "rt": True, "input": "fpn", "pairs": "all",
                           "fuse_init": "default", "norm": "gn"}
     assert cfg["st"] == {"normalizer": "mos", "parts": 2, "pool_kv": False, "shared_qk": False,

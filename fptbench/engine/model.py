@@ -50,16 +50,15 @@ def load_model(
 
     model = build_model(cfg)
     trunk = cfg["model"]["backbone_weights"]
-    if pretrained and cfg["model"]["backbone_pretrain"]:
-        from fptbench.engine.pretrain import trunk_path
+    from fptbench.engine.pretrain import cached_trunk, heads_path, load_heads
 
-        trunk = trunk_path(cfg)
-        if not trunk.exists():
-            raise UsageError(f"{trunk}: the trunk of model.backbone_pretrain={cfg['model']['backbone_pretrain']} "
-                             f"is not pre-trained yet; make it with `fptbench pretrain {cfg['model']['backbone_pretrain']}` "
-                             f"(--data-root {cfg['data']['root']})")
+    heads = None
+    if pretrained and cfg["model"]["backbone_pretrain"]:
+        trunk = cached_trunk(cfg)
+        heads = heads_path(trunk) if cfg["model"]["pretrain_heads"] else None
     steps = [
         (trunk if pretrained else None, load_backbone_weights),
+        (heads, load_heads),
         (cfg["model"]["weights"] if pretrained else None, load_detection_weights),
         (detectron, load_detectron_weights),
         (ckpt, load_detection_weights),

@@ -86,6 +86,25 @@ def test_trunk_is_pretrained_once_reused_and_loaded_exactly(synth, tmp_path):
     assert not torch.equal(fresh["layer1.0.conv1.weight"], trunk["layer1.0.conv1.weight"])
 
 
+def test_pretrained_heads_come_with_the_trunk_and_the_neck_stays_fresh(synth, tmp_path):
+    cfg = _cfg(synth, _recipe(tmp_path))
+    assert cfg["model"]["pretrain_heads"]  # as the synthetic configs ship
+    trunk = Path(ensure_trunk(cfg, log=lambda m: None, progress=False)["path"])
+    run = load_checkpoint(find_last(trunk.with_suffix("")))["model"]
+    torch.manual_seed(5)
+    model = load_model(cfg, pretrained=True).state_dict()
+    heads = [k for k in model if k.startswith(("rpn.", "roi_heads."))]
+    assert heads and all(torch.equal(model[k], run[k]) for k in heads)
+    neck = [k for k in model if k.startswith("backbone.fpn.") and k.endswith("weight")]
+    assert neck and not any(torch.equal(model[k], run[k]) for k in neck)  # fresh: the cells' difference
+    # without the key the heads are fresh too
+    plain = load_model(_cfg(synth, _recipe(tmp_path), **{"model.pretrain_heads": False}), pretrained=True).state_dict()
+    assert not torch.equal(plain["rpn.head.conv.0.0.weight"], run["rpn.head.conv.0.0.weight"])
+    # heads of another shape are refused in one line, naming the key
+    with pytest.raises(UsageError, match="has model.num_classes=8, this run model.num_classes=5"):
+        load_model(_cfg(synth, _recipe(tmp_path), **{"model.num_classes": 5}), pretrained=True)
+
+
 def test_digest_follows_the_recipe_and_the_data(synth, tmp_path, monkeypatch):
     two, three = _recipe(tmp_path, 2), _recipe(tmp_path, 3)
     assert trunk_path(_cfg(synth, two)) == trunk_path(_cfg(synth, two))
