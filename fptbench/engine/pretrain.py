@@ -193,7 +193,7 @@ def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: boo
     run = path.with_suffix("")
     made = False
     with _locked(path.with_suffix(".lock")):
-        if not path.exists():
+        if not (path.exists() and heads_path(path).exists()):  # (a cache from before the heads file)
             pre = pretrain_config(cfg)
             name = cfg["model"]["backbone_pretrain"]
             log(f"pre-training the trunk once with {name} (cached as {path}; later runs reuse it)")
