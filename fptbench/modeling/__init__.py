@@ -1,4 +1,5 @@
-"""Models: the FPT transformers, the Feature Pyramid Transformer neck and the detectors built on it."""
+"""Models: the FPT transformers, the Feature Pyramid Transformer neck, and the detectors and
+segmentation models built on it."""
 
 from fptbench.modeling.self_transformer import SelfTransformer
 from fptbench.modeling.grounding_transformer import GroundingTransformer
@@ -6,6 +7,7 @@ from fptbench.modeling.rendering_transformer import RenderingTransformer
 from fptbench.modeling.fpt import FeaturePyramidTransformer
 from fptbench.modeling.backbone import FPTBackbone, build_backbone
 from fptbench.modeling.detector import build_detector, build_model
+from fptbench.modeling.segmentation import SegmentationModel, build_segmentation_model, segmentation_model
 
 __all__ = [
     "SelfTransformer",
@@ -16,4 +18,7 @@ __all__ = [
     "build_backbone",
     "build_detector",
     "build_model",
+    "SegmentationModel",
+    "build_segmentation_model",
+    "segmentation_model",
 ]

@@ -100,9 +100,11 @@ class FeaturePyramidTransformer(nn.Module):
             raise ValueError(f"FeaturePyramidTransformer: fuse_init must be 'default' or 'identity', got {fuse_init!r}")
         if pairs not in ("all", "adjacent"):
             raise ValueError(f"FeaturePyramidTransformer: pairs must be 'all' or 'adjacent', got {pairs!r}")
-        strides = tuple(level_strides) if level_strides is not None else tuple(2 ** (first_level + i) for i in range(num_levels))
-        steps = zip(strides, strides[1:])
-        if len(strides) != num_levels or any(s < 1 for s in strides) or any(c % f or (c // f) & (c // f - 1) for f, c in steps):
+        if level_strides is None:
+            level_strides = [2 ** (first_level + i) for i in range(num_levels)]
+        strides = tuple(level_strides)
+        ratios = [c // f if f >= 1 and c % f == 0 else 0 for f, c in zip(strides, strides[1:])]
+        if len(strides) != num_levels or min(strides, default=1) < 1 or any(r < 1 or r & (r - 1) for r in ratios):
             raise ValueError(
                 f"FeaturePyramidTransformer: level_strides must be {num_levels} positive strides, finest first, "
                 f"each a power-of-2 multiple of the previous one, got {level_strides!r}"
