@@ -126,7 +126,9 @@ SCHEMA: dict[str, Key] = {
     "seed": Key(0, int, "random seed: weight initialisation, data order, augmentation, synthetic inputs"),
     "DEBUG": Key(False, bool, "quick check as in the seed's --set DEBUG true: data.max_images = 8 unless set, train.max_iter <= 20"),
     "device": Key("auto", str, "where training and evaluation run: auto = cuda:LOCAL_RANK when CUDA is usable, else the CPU (an error where SLURM allocated GPUs); cuda = CUDA or an error; cpu = the CPU even where a GPU is visible", choices=("auto", "cuda", "cpu")),
-    # model: the torchvision detector around the pyramid
+    # model: the torchvision detector around the pyramid, or the segmentation model (model.task)
+    "model.task": Key("detection", str, "what the model predicts: detection = torchvision's Faster/Mask R-CNN on the pyramid; segmentation = a class per pixel, dilated trunk + pyramid + head of the seg section [paper: the pixel-level setup]", choices=("detection", "segmentation")),
+    "model.sync_bn": Key(None, bool, "BatchNorm -> torch's SyncBatchNorm under DDP on CUDA: null = for segmentation only [ours: the field's standard, mmsegmentation's SyncBN]; true = for either task; false = never", nullable=True),
     "model.backbone": Key("resnet50", str, "trunk whose C2..C5 feed the pyramid (torchvision name, randomly initialised)", choices=BACKBONES),
     "model.head": Key("mask_rcnn", str, "torchvision detector: mask_rcnn (boxes + masks) or faster_rcnn (boxes)", choices=("mask_rcnn", "faster_rcnn")),
     "model.num_classes": Key(91, int, "object classes including background (torchvision convention; COCO = 91)", min=2),
@@ -182,6 +184,23 @@ SCHEMA: dict[str, Key] = {
     # choices mirror fptbench.ops.mos_attention.IMPLS (tests/test_config.py pins the two)
     "attention.impl": Key("auto", str, "sdpa = one fused attention call per part, blocks = query blocks with one V product, auto = pick per device and shape, naive = materialised scores (memory-quadratic baseline)", choices=("auto", "sdpa", "blocks", "naive")),
     "attention.block_size": Key(0, int, "queries per block for the blocks kernel, rows (0 = automatic)", min=0),
+    # seg: the segmentation model, its training crops and loss, and test-time inference (model.task
+    # segmentation; the choices mirror fptbench.modeling.segmentation and fptbench.evaluation.segmentation,
+    # tests/test_config.py pins the two)
+    "seg.output_stride": Key(8, int, "stride of the dilated trunk's C5 and of the head's input, px [paper: a dilated ResNet; 8 ours, DeepLab's and mmsegmentation's d8]", choices=(8, 16)),
+    "seg.pyramid": Key("ufp", str, "ufp = unscathed feature pyramid, GCN blocks on C5, every level at one resolution [paper]; fpn = torchvision's FPN on C2..C5 [ours]", choices=("ufp", "fpn"), sources={"ufp": "paper", "fpn": "ours"}),
+    "seg.ufp_kernels": Key([1, 7, 15, 31], list, "GCN kernel size of each UFP level, finest first, odd [paper: 1, 7, 15, 31]", item=int, min=1),
+    "seg.head": Key("deeplab", str, "torchvision's DeepLabHead (ASPP) [paper: ASPP-style] or FCNHead", choices=("deeplab", "fcn")),
+    "seg.aux_head": Key(True, bool, "an FCNHead on C4 adds seg.aux_weight x its loss in training [ours: the field's standard, mmsegmentation's auxiliary head]"),
+    "seg.aux_weight": Key(0.4, float, "weight of the auxiliary head's cross-entropy [ours: 0.4, the field's standard (PSPNet, mmsegmentation)]", min=0.0),
+    "seg.crop_size": Key([512, 512], list, "training crop [H, W], px; a smaller resized image is padded (mean colour, ignored labels) [ours: mmsegmentation's VOC / ADE20K crop]", item=int, min=1, max=MAX_SIDE),
+    "seg.scale_range": Key([0.5, 2.0], list, "[low, high] of the random resize factor of each training image, relative to its own size [ours: mmsegmentation's 0.5..2.0]", item=float, min=0.0),
+    "seg.photometric": Key(True, bool, "random brightness, contrast, saturation and hue in training [ours: mmsegmentation's PhotoMetricDistortion]"),
+    "seg.test_mode": Key("whole", str, "inference of each test image (each scale and flip): whole = one pass, slide = overlapping seg.test_crop_size windows [ours: mmsegmentation's two modes]", choices=("whole", "slide")),
+    "seg.test_crop_size": Key([], list, "slide window [H, W], px ([] = seg.crop_size)", item=int, min=1, max=MAX_SIDE),
+    "seg.test_stride": Key([], list, "slide window stride [H, W], px ([] = two thirds of the window)", item=int, min=1, max=MAX_SIDE),
+    "seg.test_flip": Key(False, bool, "add each scale's horizontally flipped pass at test (logits averaged)"),
+    "seg.test_scales": Key([1.0], list, "image scale factors at test, logits averaged ([1.0] = single scale; the field's multi-scale test: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)", item=float, min=0.0),
     # data: where images and annotations come from (fptbench.data)
     "data.root": Key("data/coco", str, "dataset folder: annotations/instances_{split}.json and images/{split}/ (the seed's layout); relative paths are from the working directory"),
     "data.train": Key("coco2017_train", str, "training split: a named dataset (coco2017_train, coco2014_train, ...) or a split name under data.root"),
@@ -197,8 +216,11 @@ SCHEMA: dict[str, Key] = {
     "train.weight_decay": Key(1.0e-4, float, "SGD weight decay [code]", min=0.0),
     "train.warmup_iters": Key(500, int, "linear warm-up length, iterations [code: 500]", min=0),
     "train.warmup_factor": Key(0.3333333333, float, "learning-rate factor at iteration 0 of the warm-up [code: 1/3]", min=0.0, max=1.0),
-    "train.steps": Key([60000, 80000], list, "iterations at which the learning rate is multiplied by train.gamma", item=int, min=0),
+    "train.steps": Key([60000, 80000], list, "iterations at which the learning rate is multiplied by train.gamma (train.schedule step)", item=int, min=0),
+    "train.schedule": Key("step", str, "learning-rate decay after the warm-up: step = x train.gamma at each of train.steps [code]; poly = (1 - iteration / train.max_iter) ^ train.poly_power [ours: the field's standard for segmentation]", choices=("step", "poly"), sources={"step": "code", "poly": "ours"}),
     "train.gamma": Key(0.1, float, "learning-rate factor at each of train.steps", min=0.0),
+    "train.poly_power": Key(0.9, float, "exponent of the poly schedule [ours: 0.9, DeepLab's and mmsegmentation's]", min=0.0),
+    "train.poly_min_lr": Key(0.0, float, "learning rate the poly schedule decays to at train.max_iter (mmsegmentation: 1e-4)", min=0.0),
     "train.min_sizes": Key([], list, "short sides drawn from per training image, pixels ([] = model.min_size; [code]: 400..1200)", item=int, min=1, max=MAX_SIDE),
     "train.max_size": Key(0, int, "cap on the long side in training, pixels (0 = model.max_size; [code]: 1400)", min=0, max=MAX_SIDE),
     "train.clip_grad_norm": Key(0.0, float, "clip the global gradient norm to this (0 = no clipping)", min=0.0),
@@ -482,7 +504,9 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
     Types, choices and ranges per :data:`SCHEMA`, then the rules that involve two keys:
     ``st.parts`` divides ``model.fpn_channels`` and ``gt.parts`` divides ``gt.channels``
     (both unchecked with the ``softmax`` normalizer, which uses a single part),
-    ``gt.window`` is 0 or odd, and ``model.min_size <= model.max_size``.
+    ``gt.window`` is 0 or odd, ``model.min_size <= model.max_size``, the poly schedule's floor is
+    below its start, and with ``model.task: segmentation`` the seg section's sizes, scales and
+    kernels, and no detector-only neck input or LGT without a GT (:func:`_check_segmentation`).
     """
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where}: a config must be a mapping, got {describe(cfg)}")
@@ -514,7 +538,38 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
                    f"{flat['model.backbone_weights']} both give the trunk's starting weights: set one")
     if flat["model.min_size"] > flat["model.max_size"]:
         raise fail(f"model.min_size={flat['model.min_size']} must be <= model.max_size={flat['model.max_size']}")
+    if flat["train.schedule"] == "poly" and flat["train.poly_min_lr"] > flat["train.base_lr"]:
+        raise fail(f"train.poly_min_lr={flat['train.poly_min_lr']} must be <= train.base_lr={flat['train.base_lr']} "
+                   f"(the poly schedule decays from one to the other)")
+    if flat["model.task"] == "segmentation":
+        _check_segmentation(flat, fail)
     return nest(flat)
+
+
+def _check_segmentation(flat: Mapping[str, Any], fail: Callable[[str], ConfigError]) -> None:
+    """The cross-key rules of ``model.task: segmentation`` (``fail(message)`` makes the error)."""
+    def pair(key: str, low: float, what: str, empty: bool = False) -> None:
+        value = flat[key]
+        if not (empty and value == []) and (len(value) != 2 or min(value) < low):
+            raise fail(f"{key}={value} must be {'[] or ' if empty else ''}[H, W], {what}")
+
+    pair("seg.crop_size", MIN_SIDE, f"each side >= {MIN_SIDE} px (the trunk's output stride)")
+    pair("seg.test_crop_size", MIN_SIDE, f"each side >= {MIN_SIDE} px", empty=True)
+    pair("seg.test_stride", 1, "each >= 1 px", empty=True)
+    scales = flat["seg.scale_range"]
+    if len(scales) != 2 or not 0 < scales[0] <= scales[1]:
+        raise fail(f"seg.scale_range={scales} must be [low, high] with 0 < low <= high")
+    if not flat["seg.test_scales"] or min(flat["seg.test_scales"]) <= 0:
+        raise fail(f"seg.test_scales={flat['seg.test_scales']} must be one or more factors > 0")
+    kernels = flat["seg.ufp_kernels"]
+    if flat["seg.pyramid"] == "ufp" and (not kernels or any(k % 2 == 0 for k in kernels)):
+        raise fail(f"seg.ufp_kernels={kernels} must be one or more odd kernel sizes, one UFP level each")
+    if flat["fpt.input"] != "fpn":
+        raise fail(f"fpt.input={flat['fpt.input']} is the detectors' choice: with model.task=segmentation FPT "
+                   f"transforms the seg.pyramid levels (leave fpt.input fpn)")
+    if flat["gt.window"] and not flat["fpt.gt"]:
+        raise fail(f"gt.window={flat['gt.window']} (LGT) needs fpt.gt=true: without a grounding transformer "
+                   f"there is nothing to constrain")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,11 +34,15 @@ PAPER = sorted(
 )
 SYNTH = ["synth_r18_bfp", "synth_r18_fpt", "synth_r18_pretrain"]  # the embedded dataset's configs (fptbench.data.synth)
 CODE = ["fasterrcnn_r50_fpt_code", "maskrcnn_r50_fpt_code"]  # the authors' FPT_a [code]
-SHIPPED = sorted(PAPER + SYNTH + CODE)
+SEG_DATASETS = ("cityscapes", "voc2012", "ade20k", "lip")
+SEG_NECKS = ("base", "fpt", "lgt")  # no FPT; FPT with the global GT; FPT with the LGT
+SEG = sorted([f"seg_r101_{d}_{n}" for d in SEG_DATASETS for n in SEG_NECKS]
+             + [f"synth_seg_r18_{n}" for n in SEG_NECKS])  # model.task: segmentation
+SHIPPED = sorted(PAPER + SYNTH + CODE + SEG)
 TRUNKS = {"r50": "resnet50", "r101": "resnet101", "x101_32x8d": "resnext101_32x8d",
           "x101_64x4d": "resnext101_64x4d", "r18": "resnet18"}
 # Top-level names in schema order: scalars (seed, DEBUG) and sections.
-TOP = ["seed", "DEBUG", "device", "model", "fpt", "st", "gt", "rt", "attention", "data", "train"]
+TOP = ["seed", "DEBUG", "device", "model", "fpt", "st", "gt", "rt", "attention", "seg", "data", "train"]
 SCALARS = [name for name in TOP if name in SCHEMA]
 
 
@@ -63,7 +67,8 @@ def test_defaults_are_the_interface_values():
     cfg = default_config()
     assert cfg["seed"] == 0
     assert cfg["DEBUG"] is False
-    assert cfg["model"] == {"backbone": "resnet50", "head": "mask_rcnn", "num_classes": 91,
+    assert cfg["model"] == {"task": "detection", "sync_bn": None,
+                            "backbone": "resnet50", "head": "mask_rcnn", "num_classes": 91,
                             "trainable_backbone_layers": 5, "backbone_norm": "bn",
                             "min_size": 800, "max_size": 1333, "pixel": "torchvision",
                             "box_score_thresh": 0.05, "box_detections_per_img": 100,
@@ -84,6 +89,12 @@ def test_defaults_are_the_interface_values():
                          "window": 0, "out_bias": False}
     assert cfg["rt"] == {"variant": "paper"}
     assert cfg["attention"] == {"impl": "auto", "block_size": 0}
+    # the paper's pixel-level model [paper] and the field's standard recipe around it [ours]
+    assert cfg["seg"] == {"output_stride": 8, "pyramid": "ufp", "ufp_kernels": [1, 7, 15, 31], "head": "deeplab",
+                          "aux_head": True, "aux_weight": 0.4, "crop_size": [512, 512], "scale_range": [0.5, 2.0],
+                          "photometric": True, "test_mode": "whole", "test_crop_size": [], "test_stride": [],
+                          "test_flip": False, "test_scales": [1.0]}
+    assert (cfg["train"]["schedule"], cfg["train"]["poly_power"], cfg["train"]["poly_min_lr"]) == ("step", 0.9, 0.0)
     # the authors' optimiser and schedule shape [code]: SGD 0.9 / 1e-4, warm-up from 1/3
     assert (cfg["train"]["momentum"], cfg["train"]["weight_decay"], cfg["train"]["warmup_iters"]) == (0.9, 1e-4, 500)
     assert cfg["train"]["warmup_factor"] == pytest.approx(1 / 3)
@@ -118,6 +129,13 @@ def test_choice_lists_mirrored_from_the_model_are_the_models():
 
     assert SCHEMA["fpt.norm"].choices == NORMS
     assert SCHEMA["st.mixture_input"].choices == MIXTURE_INPUTS
+    from fptbench.evaluation.segmentation import TEST_MODES
+    from fptbench.modeling.segmentation import DILATE_STAGES, HEADS, PYRAMIDS, UFP_KERNELS
+
+    assert SCHEMA["seg.output_stride"].choices == tuple(DILATE_STAGES)
+    assert SCHEMA["seg.pyramid"].choices == PYRAMIDS and SCHEMA["seg.head"].choices == HEADS
+    assert SCHEMA["seg.ufp_kernels"].default == list(UFP_KERNELS)
+    assert SCHEMA["seg.test_mode"].choices == TEST_MODES
 
 
 def test_config_imports_no_torch():
@@ -141,7 +159,7 @@ def test_shipped_config_names():
     assert available_configs() == SHIPPED
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", sorted(PAPER + SYNTH + CODE))
 def test_every_shipped_config_loads(name):
     cfg = load_config(name)
     head, rest = name.removesuffix("_code").split("_", 1)
@@ -153,6 +171,43 @@ def test_every_shipped_config_loads(name):
     text = (CONFIG_DIR / f"{name}.yaml").read_text()
     assert text.startswith("# "), "each config starts with a comment saying what it is"
     assert load_config(CONFIG_DIR / f"{name}.yaml") == cfg == load_config(f"{name}.yaml")
+
+
+@pytest.mark.parametrize("name", SEG)
+def test_every_segmentation_config_loads(name):
+    cfg = load_config(name)
+    prefix, neck = name.rsplit("_", 1)
+    assert cfg["model"]["task"] == "segmentation" and cfg["model"]["head"] == "mask_rcnn"  # the detector key, unread
+    assert cfg["model"]["backbone"] == ("resnet18" if prefix == "synth_seg_r18" else "resnet101")
+    on = neck != "base"
+    assert (cfg["fpt"]["st"], cfg["fpt"]["gt"], cfg["fpt"]["rt"]) == (on, on, on)
+    assert cfg["gt"]["window"] == (5 if neck == "lgt" else 0)
+    assert cfg["train"]["schedule"] == "poly"
+    text = (CONFIG_DIR / f"{name}.yaml").read_text()
+    assert text.startswith("# "), "each config starts with a comment saying what it is"
+
+
+@pytest.mark.parametrize("dataset, classes, crop, images, iters", [
+    ("cityscapes", 19, [512, 1024], 1, 80000), ("voc2012", 21, [512, 512], 2, 40000),
+    ("ade20k", 150, [512, 512], 2, 160000), ("lip", 20, [473, 473], 2, 160000),
+])
+def test_paper_segmentation_configs_are_the_papers_model_with_each_datasets_recipe(dataset, classes, crop, images, iters):
+    # [paper] dilated ResNet-101 at output stride 8, UFP of GCN 1/7/15/31, DeepLab head; [ours]
+    # mmsegmentation's DeepLabV3 recipe per dataset (8 GPUs: images_per_device x 8 = its batch)
+    cfg = load_config(f"seg_r101_{dataset}_base")
+    assert (cfg["seg"]["output_stride"], cfg["seg"]["pyramid"], cfg["seg"]["ufp_kernels"], cfg["seg"]["head"]) == \
+        (8, "ufp", [1, 7, 15, 31], "deeplab")
+    assert (cfg["model"]["num_classes"], cfg["seg"]["crop_size"], cfg["train"]["images_per_device"],
+            cfg["train"]["max_iter"]) == (classes, crop, images, iters)
+    train = cfg["train"]
+    assert (train["base_lr"], train["weight_decay"], train["poly_power"], train["poly_min_lr"], train["warmup_iters"]) == \
+        (0.01, 5e-4, 0.9, 1e-4, 0)
+    assert cfg["seg"]["aux_head"] and cfg["seg"]["aux_weight"] == 0.4 and cfg["model"]["sync_bn"] is None
+    assert cfg["data"]["train"].startswith(dataset) and cfg["data"]["test"] == f"{dataset}_val"
+    base, fpt, lgt = (load_config(f"seg_r101_{dataset}_{neck}") for neck in SEG_NECKS)
+    strip = lambda c: {k: v for k, v in c.items() if k not in ("fpt", "gt")}
+    assert strip(base) == strip(fpt) == strip(lgt)  # the necks differ in the neck alone
+    assert {**lgt["gt"], "window": 0} == fpt["gt"] == base["gt"] and lgt["gt"]["window"] == 5
 
 
 def test_bfp_and_fpt_differ_only_in_the_switches():
@@ -529,3 +584,51 @@ def test_profile_sizes_and_counts_are_bounded():
     assert "integers in 32..8192 pixels" in ProfileRequest.problem("size", [100000, 100000])
     assert "integer in 1..2147483647" in ProfileRequest.problem("runs", 2**40)
     assert ProfileRequest.problem("size", [8192, 32]) is None
+
+
+# --- model.task: segmentation ----------------------------------------------------------------
+
+@pytest.mark.parametrize("key, value, message", [
+    ("seg.crop_size", "[96]", "seg.crop_size=[96] must be [H, W], each side >= 32 px (the trunk's output stride)"),
+    ("seg.crop_size", "[16, 96]", "seg.crop_size=[16, 96] must be [H, W], each side >= 32 px (the trunk's output stride)"),
+    ("seg.test_crop_size", "[64, 64, 64]", "seg.test_crop_size=[64, 64, 64] must be [] or [H, W], each side >= 32 px"),
+    ("seg.test_stride", "[8]", "seg.test_stride=[8] must be [] or [H, W], each >= 1 px"),
+    ("seg.scale_range", "[2.0, 0.5]", "seg.scale_range=[2.0, 0.5] must be [low, high] with 0 < low <= high"),
+    ("seg.scale_range", "[0.0, 1.0]", "seg.scale_range=[0.0, 1.0] must be [low, high] with 0 < low <= high"),
+    ("seg.test_scales", "[]", "seg.test_scales=[] must be one or more factors > 0"),
+    ("seg.test_scales", "[1.0, 0.0]", "seg.test_scales=[1.0, 0.0] must be one or more factors > 0"),
+    ("seg.ufp_kernels", "[1, 4]", "seg.ufp_kernels=[1, 4] must be one or more odd kernel sizes, one UFP level each"),
+    ("seg.ufp_kernels", "[]", "seg.ufp_kernels=[] must be one or more odd kernel sizes, one UFP level each"),
+    ("fpt.input", "lateral", "fpt.input=lateral is the detectors' choice: with model.task=segmentation FPT transforms "
+                             "the seg.pyramid levels (leave fpt.input fpn)"),
+    ("seg.output_stride", "32", "key 'seg.output_stride' must be one of 8, 16; got 32"),
+    ("model.task", "panoptic", "key 'model.task' must be one of detection, segmentation; got 'panoptic'"),
+])
+def test_segmentation_cross_key_errors_are_one_line(key, value, message):
+    assert error_of("synth_seg_r18_fpt", [(key, value)]).endswith(message)
+
+
+def test_lgt_needs_a_grounding_transformer_in_segmentation():
+    assert error_of("synth_seg_r18_base", [("gt.window", "5")]).endswith(
+        "gt.window=5 (LGT) needs fpt.gt=true: without a grounding transformer there is nothing to constrain")
+    assert load_config("synth_seg_r18_base", [("gt.window", "5"), ("fpt.gt", "true")])["gt"]["window"] == 5
+
+
+def test_segmentation_rules_leave_detection_configs_alone():
+    # the seg section is unread by a detector: its sizes are not checked there, nor its neck rules
+    cfg = load_config("synth_r18_bfp", [("seg.crop_size", "[16]"), ("gt.window", "5"), ("fpt.input", "lateral")])
+    assert cfg["model"]["task"] == "detection" and cfg["seg"]["crop_size"] == [16]
+    assert load_config("synth_seg_r18_fpt", [("seg.pyramid", "fpn"), ("seg.ufp_kernels", "[]")])["seg"]["ufp_kernels"] == []
+
+
+def test_poly_floor_is_below_the_base_learning_rate():
+    assert error_of("synth_seg_r18_base", [("train.poly_min_lr", "0.5")]).endswith(
+        "train.poly_min_lr=0.5 must be <= train.base_lr=0.02 (the poly schedule decays from one to the other)")
+    assert load_config("synth_seg_r18_base", [("train.schedule", "step"), ("train.poly_min_lr", "0.5")])
+
+
+def test_sync_bn_is_null_true_or_false():
+    assert load_config("synth_seg_r18_base")["model"]["sync_bn"] is None
+    assert load_config("synth_seg_r18_base", [("model.sync_bn", "true")])["model"]["sync_bn"] is True
+    assert error_of("synth_seg_r18_base", [("model.sync_bn", "auto")]).endswith(
+        "key 'model.sync_bn' expects bool, got str 'auto' (write true or false)")
