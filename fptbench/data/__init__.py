@@ -1,10 +1,13 @@
-"""Data: COCO-format instance segmentation for torchvision's detectors, and an embedded synthetic set.
+"""Data: COCO-format instance segmentation for torchvision's detectors, semantic segmentation
+splits, and an embedded synthetic set of both.
 
 - :data:`DATASETS` / :func:`resolve_split` (``catalog.py``): named splits in the seed's layout.
 - :class:`CocoDetection` (``coco.py``): ``(image, target)`` pairs read with pycocotools.
+- ``segmentation.py``: Cityscapes, VOC 2012, ADE20K, LIP and synthetic ``(image, label)`` splits.
 - :func:`read_image` / :data:`PIXEL_STATS` (``image.py``): the two pixel conventions.
-- :func:`build_dataset` (``build.py``): the dataset a config names.
-- :func:`~fptbench.data.synth.write_synth` (``synth.py``): the embedded synthetic dataset.
+- :func:`build_dataset` (``build.py``): the dataset a config names, for either ``model.task``.
+- :func:`~fptbench.data.synth.write_synth`, :func:`~fptbench.data.synth.write_synth_seg`
+  (``synth.py``): the embedded synthetic dataset.
 
 Importing this package is cheap: torch and pycocotools load only when a name that needs them
 is first used (``fptbench data synth`` needs neither torch nor torchvision).
@@ -21,10 +24,12 @@ __all__ = [
     "DATASETS",
     "PIXEL_STATS",
     "CocoDetection",
+    "SegmentationTrainSet",
     "build_dataset",
     "read_image",
     "resolve_split",
     "write_synth",
+    "write_synth_seg",
 ]
 
 # public name -> submodule that defines it, imported on first use (PEP 562)
@@ -32,11 +37,13 @@ _LAZY = {
     "CocoDetection": "coco",
     "load_coco": "coco",
     "build_dataset": "build",
+    "SegmentationTrainSet": "build",
     "read_image": "image",
     "to_pixels": "image",
     "to_uint8_rgb": "image",
     "PIXEL_STATS": "image",
     "write_synth": "synth",
+    "write_synth_seg": "synth",
 }
 
 

@@ -1,9 +1,10 @@
 """One way to turn a config and weights into a model, for every caller.
 
 ``load_model(cfg, ckpt)`` is what the trainer, the evaluator (``fptbench eval``), ``fptbench
-infer``, the profiler and the launcher's cells use: build the detector of ``cfg``
-(:func:`fptbench.modeling.build_model`), then load weights from local files
-(:mod:`fptbench.weights`). As detectron2's ``build_model`` + ``DetectionCheckpointer.load``.
+infer``, the profiler and the launcher's cells use: build the model of ``cfg`` (:func:`build_model`:
+the detector of :func:`fptbench.modeling.build_model`, or a :class:`~fptbench.engine.segmenter.Segmenter`
+for ``model.task: segmentation``), then load weights from local files (:mod:`fptbench.weights`).
+As detectron2's ``build_model`` + ``DetectionCheckpointer.load``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,28 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from fptbench.errors import UsageError
 
-__all__ = ["load_model", "set_train_sizes", "weights_digest"]
+__all__ = ["build_model", "load_model", "set_train_sizes", "weights_digest"]
+
+
+def build_model(cfg: dict) -> torch.nn.Module:
+    """The model of ``cfg``'s ``model.task``, random weights, in training mode: a torchvision
+    detector (:func:`fptbench.modeling.build_model`) or a :class:`~fptbench.engine.segmenter.Segmenter`.
+    The one place where the task chooses the model."""
+    if cfg["model"]["task"] == "segmentation":
+        from fptbench.engine.segmenter import Segmenter
+
+        return Segmenter.from_config(cfg)
+    from fptbench.modeling import build_model as build_detector
+
+    return build_detector(cfg)
+
+
+def _trunk_owner(model: torch.nn.Module) -> torch.nn.Module:
+    """What the trunk loaders take (:func:`fptbench.weights.find_trunk`): a detector, or a
+    Segmenter's ``backbone``, the ResNet's ``IntermediateLayerGetter`` itself."""
+    from fptbench.engine.segmenter import Segmenter
+
+    return model.backbone if isinstance(model, Segmenter) else model
 
 
 def load_model(
@@ -27,16 +49,19 @@ def load_model(
     pretrained: bool = False,
     detectron: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
-) -> GeneralizedRCNN:
-    """The detector of ``cfg`` with weights from local files, on the CPU, in training mode.
+) -> torch.nn.Module:
+    """The model of ``cfg`` (:func:`build_model`) with weights from local files, on the CPU, in
+    training mode.
 
     Weights are loaded in this order, each later file overriding what it covers:
 
     1. with ``pretrained``: the config's ``model.backbone_weights`` (an ImageNet trunk) or the
        cached trunk of ``model.backbone_pretrain`` (:mod:`fptbench.engine.pretrain`), then
-       ``model.weights`` (a detection checkpoint), when set: what training starts from;
+       ``model.weights`` (a checkpoint of the whole model), when set: what training starts from;
     2. ``detectron``: ResNet trunk weights from a Detectron (caffe2) ``.pkl``;
     3. ``ckpt``: an fptbench checkpoint or a torchvision detection ``.pth``.
+
+    The trunk files go into the ResNet trunk of either task, the others into the whole model.
 
     Args:
         cfg (dict): a resolved config (:func:`fptbench.config.load_config`).
@@ -45,7 +70,6 @@ def load_model(
     Raises:
         UsageError: a file is missing or does not fit the model (the model is then left as built).
     """
-    from fptbench.modeling import build_model
     from fptbench.weights import load_backbone_weights, load_detection_weights, load_detectron_weights
 
     model = build_model(cfg)
@@ -56,16 +80,17 @@ def load_model(
     if pretrained and cfg["model"]["backbone_pretrain"]:
         trunk = cached_trunk(cfg)
         heads = heads_path(trunk) if cfg["model"]["pretrain_heads"] else None
+    owner = _trunk_owner(model)
     steps = [
-        (trunk if pretrained else None, load_backbone_weights),
-        (heads, load_heads),
-        (cfg["model"]["weights"] if pretrained else None, load_detection_weights),
-        (detectron, load_detectron_weights),
-        (ckpt, load_detection_weights),
+        (trunk if pretrained else None, load_backbone_weights, owner),
+        (heads, load_heads, model),
+        (cfg["model"]["weights"] if pretrained else None, load_detection_weights, model),
+        (detectron, load_detectron_weights, owner),
+        (ckpt, load_detection_weights, model),
     ]
-    for path, loader in steps:
+    for path, loader, target in steps:
         if path:
-            report = loader(model, path)
+            report = loader(target, path)
             if log is not None:
                 log(report.summary())
     return model
@@ -82,7 +107,10 @@ def weights_digest(model: torch.nn.Module) -> str:
 
 def set_train_sizes(model: torch.nn.Module, cfg: dict, *, training: bool) -> None:
     """Multi-scale training (one short side drawn per image by torchvision's transform) or the
-    fixed test scale, on the model's GeneralizedRCNNTransform."""
+    fixed test scale, on a detector's GeneralizedRCNNTransform. A segmentation model has none:
+    its training crops and test scales come from the data and the evaluator (``seg.*``)."""
+    if not isinstance(model, GeneralizedRCNN):
+        return
     transform = model.transform
     if training:
         transform.min_size = tuple(cfg["train"]["min_sizes"] or [cfg["model"]["min_size"]])

@@ -1,4 +1,5 @@
-"""The training data stream: an infinite, seeded, resumable sequence of (index, flip) batches."""
+"""The training data stream: an infinite, seeded, resumable sequence of (index, flip) batches, or
+(index, seed) batches for datasets that draw their own augmentation (segmentation crops)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ class TrainBatchSampler:
         rank, world_size: this process and the number of processes.
         start_iter: the first iteration to yield.
         flip: draw flips with probability 0.5 (False: never flip).
+        seeds: yield (index, seed) instead, seed an integer in [0, 2^63) drawn with the epoch's
+            permutation, after it: the augmentation of the item at that place of the stream
+            (:class:`fptbench.data.build.SegmentationTrainSet`); flips are then not drawn.
     Yields:
-        list[tuple[int, bool]]: one batch for this rank.
+        list[tuple[int, bool]] (list[tuple[int, int]] with ``seeds``): one batch for this rank.
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class TrainBatchSampler:
         world_size: int = 1,
         start_iter: int = 0,
         flip: bool = True,
+        seeds: bool = False,
     ) -> None:
         if size < 1:
             raise ValueError("TrainBatchSampler: the dataset is empty")
@@ -50,30 +55,34 @@ class TrainBatchSampler:
         self.world_size = world_size
         self.start_iter = start_iter
         self.flip = flip
+        self.seeds = seeds
         self._epoch = -1
         self._perm: list[int] = []
-        self._flips: list[bool] = []
+        self._draws: list = []  # per position of the epoch: its flip, or its seed
 
     def _load_epoch(self, epoch: int) -> None:
         g = torch.Generator()
         g.manual_seed(self.seed * 1_000_003 + epoch)
         self._perm = torch.randperm(self.size, generator=g).tolist()
-        self._flips = (torch.rand(self.size, generator=g) < 0.5).tolist() if self.flip else [False] * self.size
+        if self.seeds:
+            self._draws = torch.randint(2**63 - 1, (self.size,), generator=g).tolist()
+        else:
+            self._draws = (torch.rand(self.size, generator=g) < 0.5).tolist() if self.flip else [False] * self.size
         self._epoch = epoch
 
-    def item(self, position: int) -> tuple[int, bool]:
-        """The (index, flip) at a global position of the stream."""
+    def item(self, position: int) -> tuple[int, bool | int]:
+        """The (index, flip), or (index, seed), at a global position of the stream."""
         epoch, offset = divmod(position, self.size)
         if epoch != self._epoch:
             self._load_epoch(epoch)
-        return self._perm[offset], self._flips[offset]
+        return self._perm[offset], self._draws[offset]
 
-    def batch(self, iteration: int) -> list[tuple[int, bool]]:
+    def batch(self, iteration: int) -> list[tuple[int, bool | int]]:
         """This rank's batch at ``iteration``."""
         first = (iteration * self.world_size + self.rank) * self.images_per_device
         return [self.item(p) for p in range(first, first + self.images_per_device)]
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool | int]]]:
         iteration = self.start_iter
         while True:
             yield self.batch(iteration)

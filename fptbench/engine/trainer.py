@@ -1,11 +1,13 @@
-"""``fptbench train``: SGD with warm-up and steps, DDP, exact resume, TensorBoard, then evaluation.
+"""``fptbench train``: SGD with warm-up and steps (or poly), DDP, exact resume, TensorBoard, then evaluation.
 
 The loop is the seed's ``train_net_step.py`` done with the field's tools: torch DDP instead of
 a home-made DataParallel, torch's LambdaLR for the schedule, torch.amp for mixed precision,
 TensorBoard for scalars and tqdm for progress. Resuming is exact: a run killed at any instant
 and resumed with ``resume=True`` ends with bitwise the same weights on the CPU (fp32), because
 the checkpoint holds every state that the next iteration reads (weights, optimizer, scheduler,
-RNGs) and the data stream is a function of the iteration (TrainBatchSampler).
+RNGs) and the data stream is a function of the iteration (TrainBatchSampler), segmentation crops
+included (SegmentationTrainSet). Both tasks train here alike: the model's forward returns its loss
+dict (torchvision's detectors, or :class:`~fptbench.engine.segmenter.Segmenter`).
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def seed_everything(seed: int) -> None:
 
 
 def collate(batch: list) -> tuple[list, list]:
-    """Detection batches stay lists: images of different sizes, targets of different lengths."""
+    """Batches stay lists, as the models take them: detection images of different sizes and targets
+    of different lengths; segmentation crops (of one size, stacked by the Segmenter)."""
     return tuple(zip(*batch))  # type: ignore[return-value]
 
 
@@ -140,6 +143,7 @@ def train(
 
     trunk = _pretrained_trunk(cfg, info, log, progress=progress)
     model = _seeded_model(cfg, info, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
+    sync_bn = _sync_batchnorm(model, cfg, info)
     dtype, warning = autocast_dtype(cfg, info.device.type,
                                     bf16_supported=info.device.type == "cuda" and torch.cuda.is_bf16_supported())
     if warning:
@@ -174,6 +178,7 @@ def train(
         "rank": info.rank,
         "world_size": info.world_size,
         "autocast_dtype": _dtype_name(dtype),  # what the forward passes computed in (fp32: none)
+        "sync_bn": sync_bn,  # BatchNorm statistics over every rank's batch (model.sync_bn)
     }
     if trunk is not None:
         summary["pretrained_trunk"] = trunk
@@ -231,6 +236,26 @@ def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None, load_dete
         # seed + rank. A single process keeps its stream: its results stay those benchmarked.
         seed_everything(cfg["seed"] + info.rank)
     return model
+
+
+def _sync_batchnorm(model: torch.nn.Module, cfg: dict, info: DistInfo) -> bool:
+    """SyncBatchNorm: convert the model's BatchNorm layers in place, before the optimizer is made,
+    when ``model.sync_bn`` asks (null: segmentation only) and several processes train; returns
+    whether it did. SyncBatchNorm computes on CUDA only: under a CPU (gloo) DDP run an explicit
+    ``true`` is an error and null leaves the layers as they are. The state_dict keys are the
+    same, so checkpoints load either way."""
+    want = cfg["model"]["sync_bn"]
+    if want is None:
+        want = cfg["model"]["task"] == "segmentation"
+    if not want or info.world_size == 1:
+        return False
+    if info.device.type != "cuda":
+        if cfg["model"]["sync_bn"]:
+            raise UsageError(f"model.sync_bn=true: torch's SyncBatchNorm needs CUDA devices, this run's "
+                             f"{info.world_size} processes use {info.device.type}; set model.sync_bn false")
+        return False
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return True
 
 
 @dataclass
@@ -319,6 +344,7 @@ def _train_loader(cfg: dict, info: DistInfo, start_iter: int, log: Callable[[str
         world_size=info.world_size,
         start_iter=start_iter,
         flip=cfg["data"]["flip"],
+        seeds=getattr(dataset, "seeded", False),  # items keyed (index, seed): they draw their own augmentation
     )
     # Its own generator: creating the loader must not draw from the global RNG, which the
     # checkpoint restores (a resumed loader would otherwise shift every later random draw).
