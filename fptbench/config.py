@@ -503,10 +503,10 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
 
     Types, choices and ranges per :data:`SCHEMA`, then the rules that involve two keys:
     ``st.parts`` divides ``model.fpn_channels`` and ``gt.parts`` divides ``gt.channels``
-    (both unchecked with the ``softmax`` normalizer, which uses a single part),
-    ``gt.window`` is 0 or odd, ``model.min_size <= model.max_size``, the poly schedule's floor is
+    (both unchecked with the ``softmax`` normalizer, which uses a single part), GroupNorm's 32
+    groups divide ``model.fpn_channels`` where the neck has one, ``gt.window`` is 0 or odd, ``model.min_size <= model.max_size``, the poly schedule's floor is
     below its start, and with ``model.task: segmentation`` the seg section's sizes, scales and
-    kernels, and no detector-only neck input or LGT without a GT (:func:`_check_segmentation`).
+    kernels, and no detector-only neck input, heads or LGT without a GT (:func:`_check_segmentation`).
     """
     if not isinstance(cfg, Mapping):
         raise ConfigError(f"{where}: a config must be a mapping, got {describe(cfg)}")
@@ -527,6 +527,10 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
     if flat["gt.normalizer"] == "linear" and (flat["gt.similarity"] != "dot" or flat["gt.window"] != 0):
         raise fail(f"gt.normalizer=linear [code] is the authors' global dot-product GT: it needs gt.similarity=dot "
                    f"and gt.window=0, got gt.similarity={flat['gt.similarity']}, gt.window={flat['gt.window']}")
+    if (flat["fpt.norm"] == "gn" and (flat["fpt.st"] or flat["fpt.gt"] or flat["fpt.rt"])
+            and flat["model.fpn_channels"] % 32):
+        raise fail(f"fpt.norm=gn (GroupNorm of 32 groups [code]) needs model.fpn_channels divisible by 32, got "
+                   f"{flat['model.fpn_channels']}; or set fpt.norm bn or none")
     if flat["gt.window"] != 0 and flat["gt.window"] % 2 == 0:
         raise fail(f"gt.window={flat['gt.window']} must be 0 (global GT) or an odd window side >= 1")
     if len(flat["model.anchor_sizes"]) != 5:
@@ -567,6 +571,9 @@ def _check_segmentation(flat: Mapping[str, Any], fail: Callable[[str], ConfigErr
     if flat["fpt.input"] != "fpn":
         raise fail(f"fpt.input={flat['fpt.input']} is the detectors' choice: with model.task=segmentation FPT "
                    f"transforms the seg.pyramid levels (leave fpt.input fpn)")
+    if flat["model.pretrain_heads"]:
+        raise fail("model.pretrain_heads=true starts a detector's RPN and RoI heads from the pre-training run; "
+                   "a segmentation model has none (set it false)")
     if flat["gt.window"] and not flat["fpt.gt"]:
         raise fail(f"gt.window={flat['gt.window']} (LGT) needs fpt.gt=true: without a grounding transformer "
                    f"there is nothing to constrain")

@@ -413,6 +413,14 @@ def test_gt_parts_must_divide_gt_channels(tmp_path):
     assert load_config(path, [("gt.channels", "96")])["gt"]["channels"] == 96
 
 
+def test_group_norm_needs_channels_divisible_by_its_32_groups():
+    assert error_of("maskrcnn_r50_fpt", [("model.fpn_channels", "48")]).endswith(
+        "fpt.norm=gn (GroupNorm of 32 groups [code]) needs model.fpn_channels divisible by 32, got 48; "
+        "or set fpt.norm bn or none")
+    assert load_config("maskrcnn_r50_bfp", [("model.fpn_channels", "48")])  # BFP has no fusion conv
+    assert load_config("maskrcnn_r50_fpt", [("model.fpn_channels", "48"), ("fpt.norm", "bn")])
+
+
 def test_gt_window_is_zero_or_odd():
     assert error_of("maskrcnn_r50_fpt", [("gt.window", "4")]).endswith(
         "gt.window=4 must be 0 (global GT) or an odd window side >= 1")
@@ -601,6 +609,8 @@ def test_profile_sizes_and_counts_are_bounded():
     ("seg.ufp_kernels", "[]", "seg.ufp_kernels=[] must be one or more odd kernel sizes, one UFP level each"),
     ("fpt.input", "lateral", "fpt.input=lateral is the detectors' choice: with model.task=segmentation FPT transforms "
                              "the seg.pyramid levels (leave fpt.input fpn)"),
+    ("model.pretrain_heads", "true", "model.pretrain_heads=true starts a detector's RPN and RoI heads from the "
+                                     "pre-training run; a segmentation model has none (set it false)"),
     ("seg.output_stride", "32", "key 'seg.output_stride' must be one of 8, 16; got 32"),
     ("model.task", "panoptic", "key 'model.task' must be one of detection, segmentation; got 'panoptic'"),
 ])
