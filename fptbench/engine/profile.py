@@ -1,17 +1,23 @@
-"""Profile a detector: parameters and MACs by part, latency and peak memory (contract section 3).
+"""Profile a model: parameters and MACs by part, latency and peak memory (contract section 3).
 
-Parts are module-name prefixes of the torchvision detector that
+Parts are module-name prefixes. Of the torchvision detector that
 :func:`fptbench.modeling.build_model` returns (:data:`PARTS`): ``backbone`` is the trunk
 (ResNet body), ``bfp`` torchvision's FPN (laterals, output convs, extra pool level; with
 ``fpt.input: lateral`` the 1x1 laterals), ``fpt`` the transformer neck and ``fpt.st`` / ``fpt.gt``
 / ``fpt.rt`` / ``fpt.fusion`` its parts, ``rpn`` and ``roi_heads`` the heads, and ``transform``
 torchvision's input normalisation (its bilinear resize runs even at scale 1 and fvcore counts it).
-The top-level parts are disjoint and sum to the whole model.
+Of a :class:`~fptbench.engine.segmenter.Segmenter` (``model.task: segmentation``,
+:data:`SEG_PARTS`): ``backbone`` the dilated trunk, ``pyramid`` the UFP or FPN, ``fpt`` and its
+parts as above, ``head`` the DeepLab or FCN head and ``aux_head`` the auxiliary head, which
+runs in evaluation too (torchvision's segmentation models compute it; mmsegmentation's test does
+not) and is therefore in the latency and the total [ours: reported apart so that it can be
+subtracted]; "other" is the bilinear upsampling of the logits and the levels' fusion.
+The top-level parts are disjoint and sum to the whole model (with "other" where there is any).
 
 MACs come from :class:`fptbench.engine.flops.FlopAnalysis` (fvcore + attention handles; see that
 module for what "attention" counts). ``macs`` = multiply-adds, ``flops`` = 2 x macs.
 
-Data-dependent work [ours]: the RoI heads' MACs grow with the number of proposals (box branch)
+Data-dependent work [ours], detectors only: the RoI heads' MACs grow with the number of proposals (box branch)
 and of detections (mask branch). To make counts and timings the same for every model whatever
 its weights, profiling switches off the RPN's NMS and the box score threshold and NMS, so the
 box branch always runs on ``rpn_post_nms_top_n_test`` proposals (fewer only if the image has
@@ -26,6 +32,7 @@ import statistics
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -36,7 +43,8 @@ from torch import Tensor, nn
 from fptbench.config import ProfileRequest
 from fptbench.errors import UsageError
 
-__all__ = ["PARTS", "TOP_PARTS", "profile_model", "profile_checkpoint", "format_profile", "count_parameters"]
+__all__ = ["PARTS", "SEG_PARTS", "SEG_TOP_PARTS", "TOP_PARTS", "profile_model", "profile_checkpoint",
+           "format_profile", "count_parameters"]
 
 _REQUEST = ProfileRequest()  # the defaults of profile_model and profile_checkpoint
 
@@ -56,14 +64,29 @@ PARTS: dict[str, tuple[str, ...]] = {
 # Disjoint parts whose sum is the model; anything left over is reported as "other".
 TOP_PARTS = ("backbone", "bfp", "fpt", "rpn", "roi_heads", "transform")
 
+# part -> module-name prefixes in a Segmenter (model.task: segmentation)
+SEG_PARTS: dict[str, tuple[str, ...]] = {
+    "backbone": ("backbone",),
+    "pyramid": ("pyramid",),
+    "fpt": ("fpt",),
+    "fpt.st": ("fpt.st",),
+    "fpt.gt": ("fpt.gt",),
+    "fpt.rt": ("fpt.rt",),
+    "fpt.fusion": ("fpt.fuse",),
+    "head": ("classifier",),
+    "aux_head": ("aux_classifier",),
+}
+SEG_TOP_PARTS = ("backbone", "pyramid", "fpt", "head", "aux_head")
+
 MIB = 2**20  # "MB" in this module: 2^20 bytes
 
 
-def count_parameters(model: nn.Module) -> dict[str, int]:
-    """Parameters (not buffers) of the model ("total") and of each of :data:`PARTS`."""
+def count_parameters(model: nn.Module, parts: dict[str, tuple[str, ...]] = PARTS) -> dict[str, int]:
+    """Parameters (not buffers) of the model ("total") and of each of ``parts`` (:data:`PARTS`,
+    :data:`SEG_PARTS`)."""
     counts = {"total": sum(p.numel() for p in model.parameters())}
     named = list(model.named_parameters())
-    for part, prefixes in PARTS.items():
+    for part, prefixes in parts.items():
         counts[part] = sum(p.numel() for name, p in named if name.startswith(tuple(f"{x}." for x in prefixes)))
     return counts
 
@@ -220,31 +243,32 @@ def _part_counts(by_module: dict[str, float], named_prefixes: tuple[str, ...]) -
 
 def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: str = "cpu", runs: int = _REQUEST.runs,
                   warmup: int = _REQUEST.warmup, model: nn.Module | None = None, progress: bool = False) -> dict:
-    """Parameters, MACs/FLOPs by part, latency and peak memory of a detector at batch 1.
+    """Parameters, MACs/FLOPs by part, latency and peak memory of a model at batch 1.
 
     Args:
         cfg (dict): resolved config (``fptbench.config.load_config``); the model is built from it
             (:func:`~fptbench.engine.model.load_model`, seeded with ``cfg["seed"]``) unless ``model``
             is given.
         size: (H, W) of the random input image, pixels, each side >= ``fptbench.config.MIN_SIDE``;
-            the transform is set not to resize it (torchvision still pads the batch to a multiple
-            of 32: ``padded_size``). Defaults: :class:`fptbench.config.ProfileRequest`.
+            a detector's transform is set not to resize it (torchvision still pads the batch to a
+            multiple of 32: ``padded_size``). Defaults: :class:`fptbench.config.ProfileRequest`.
         device: "cpu" or "cuda[:N]".
         runs: timed runs (>= 1), after ``warmup`` untimed ones, for the model and for the neck.
-        model: a torchvision GeneralizedRCNN from ``build_model(cfg)``; moved to ``device``, then
-            back, and left in the mode and settings it came in.
+        model: a torchvision GeneralizedRCNN from ``build_model(cfg)``, or a Segmenter; moved to
+            ``device``, then back, and left in the mode and settings it came in.
         progress: print what is being done to stderr.
     Returns:
         dict (JSON-able): keys of contract section 3, plus ``padded_size``, ``threads``,
         ``device_name``, ``dtype`` (what the model computed in: its parameters' dtype, no
         autocast), ``tf32`` (``{"matmul", "cudnn"}``: torch's allow_tf32 flags while measuring:
         on CUDA they decide whether fp32 convolutions and products use TF32), ``peak_memory_source``
-        and ``counter``. Latencies in ms: whole model
-        (transform to postprocessed detections) and neck alone (``bfp`` + ``fpt`` on fixed
-        trunk features C2..C5).
+        and ``counter``; detectors also ``proposals`` (the counts the RoI heads ran on). Latencies
+        in ms: whole model (detector: transform to postprocessed detections; segmentation: pixels
+        to logits at the input size) and neck alone (``bfp`` + ``fpt``, or ``pyramid`` + ``fpt``,
+        on fixed trunk features C2..C5). ``by_part`` keys: :data:`PARTS` or :data:`SEG_PARTS`.
     """
-    from fptbench.engine.flops import FlopAnalysis
     from fptbench.engine.model import load_model
+    from fptbench.engine.segmenter import Segmenter
     from fptbench.records import device_info
 
     dev = _check_args(tuple(size), device, runs, warmup)
@@ -258,54 +282,102 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: s
     home = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None else torch.get_default_dtype()
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(cfg["seed"])).to(dev)
+    segmentation = isinstance(model, Segmenter)
+    measure, parts, top_parts = ((_measure_segmenter, SEG_PARTS, SEG_TOP_PARTS) if segmentation
+                                 else (_measure_detector, PARTS, TOP_PARTS))
     model.to(dev)
     try:
-        with _profiling_mode(model, (height, width)), torch.no_grad():
-            memory = _PeakMemory(dev)
-            memory.start()
-            label = f"model {height}x{width}"
-            times = _time_ms(lambda: model([image]), runs=runs, warmup=warmup, device=dev, label=label,
-                             progress=progress)
-            peak_mb = memory.stop()
-
-            images, _ = model.transform([image])
-            features = model.backbone.body(images.tensors)
-            with _neck_only(model.backbone, features):
-                neck_times = _time_ms(lambda: model.backbone(images.tensors), runs=runs, warmup=warmup,
-                                      device=dev, label="neck", progress=progress)
-            del features
-
-            _log(progress, "counting MACs (fvcore trace)")
-            counts: dict[str, int] = {}
-            hooks = [
-                model.rpn.register_forward_hook(lambda m, i, o: counts.__setitem__("proposals", int(o[0][0].shape[0]))),
-                model.roi_heads.register_forward_hook(
-                    lambda m, i, o: counts.__setitem__("detections", int(o[0][0]["boxes"].shape[0]))),
-            ]
-            try:
-                analysis = FlopAnalysis(model, ([image],))
-                by_module = analysis.by_module()
-            finally:
-                for hook in hooks:
-                    hook.remove()
+        m = measure(model, image, device=dev, runs=runs, warmup=warmup, progress=progress)
     finally:
         model.to(home)
 
-    params = count_parameters(model)
+    analysis, by_module = m.analysis, m.analysis.by_module()
+    params = count_parameters(model, parts)
     total = analysis.total_macs()
     by_part = {}
-    for part, prefixes in PARTS.items():
+    for part, prefixes in parts.items():
         macs = _part_counts(by_module, prefixes)
         by_part[part] = {"params": params[part], "macs": macs, "flops": 2 * macs}
-    rest = total - sum(by_part[p]["macs"] for p in TOP_PARTS)
-    rest_params = params["total"] - sum(by_part[p]["params"] for p in TOP_PARTS)
+    rest = total - sum(by_part[p]["macs"] for p in top_parts)
+    rest_params = params["total"] - sum(by_part[p]["params"] for p in top_parts)
     if rest or rest_params:
         by_part["other"] = {"params": rest_params, "macs": rest, "flops": 2 * rest}
     attention = {
         "macs": analysis.attention_macs(),
         "flops": 2 * analysis.attention_macs(),
-        "by_part": {p: sum(analysis.attention_macs(x) for x in PARTS[p] if x in by_module) for p in ("fpt.st", "fpt.gt")},
+        "by_part": {p: sum(analysis.attention_macs(x) for x in parts[p] if x in by_module) for p in ("fpt.st", "fpt.gt")},
     }
+    return {
+        "params": params["total"],
+        "macs": total,
+        "flops": 2 * total,
+        "by_part": by_part,
+        "attention": attention,
+        "latency_ms": _latency(m.times),
+        "neck_latency_ms": _latency(m.neck_times),
+        "peak_memory_mb": m.peak_mb,
+        "peak_memory_source": m.memory_source,
+        "uncounted_ops": analysis.uncounted_ops(),
+        "input_size": [height, width],
+        "padded_size": m.padded_size,
+        "device": str(dev),
+        "device_name": device_info(dev)["name"],
+        "dtype": str(dtype).removeprefix("torch."),
+        "tf32": {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)},
+        "threads": torch.get_num_threads(),
+        **m.extra,
+        "counter": "fvcore FlopCountAnalysis (jit trace) + fptbench.engine.flops attention handles; "
+                   "macs = multiply-adds, flops = 2 x macs",
+    }
+
+
+@dataclass
+class _Measured:
+    """What a model family's measurement gives :func:`profile_model`."""
+
+    times: list[float]  # whole model, ms per run
+    neck_times: list[float]
+    peak_mb: float
+    memory_source: str
+    analysis: Any  # FlopAnalysis of one forward pass
+    padded_size: list[int]  # [H, W] the network saw
+    extra: dict = field(default_factory=dict)  # more result keys (a detector's "proposals")
+
+
+def _measure_detector(model: nn.Module, image: Tensor, *, device: torch.device, runs: int, warmup: int,
+                      progress: bool) -> _Measured:
+    """Latency, memory and MACs of a torchvision detector, with the proposal and detection counts
+    fixed (module docstring)."""
+    from fptbench.engine.flops import FlopAnalysis
+
+    height, width = image.shape[-2:]
+    with _profiling_mode(model, (height, width)), torch.no_grad():
+        memory = _PeakMemory(device)
+        memory.start()
+        times = _time_ms(lambda: model([image]), runs=runs, warmup=warmup, device=device,
+                         label=f"model {height}x{width}", progress=progress)
+        peak_mb = memory.stop()
+
+        images, _ = model.transform([image])
+        features = model.backbone.body(images.tensors)
+        with _neck_only(model.backbone, features):
+            neck_times = _time_ms(lambda: model.backbone(images.tensors), runs=runs, warmup=warmup,
+                                  device=device, label="neck", progress=progress)
+        del features
+
+        _log(progress, "counting MACs (fvcore trace)")
+        counts: dict[str, int] = {}
+        hooks = [
+            model.rpn.register_forward_hook(lambda m, i, o: counts.__setitem__("proposals", int(o[0][0].shape[0]))),
+            model.roi_heads.register_forward_hook(
+                lambda m, i, o: counts.__setitem__("detections", int(o[0][0]["boxes"].shape[0]))),
+        ]
+        try:
+            analysis = FlopAnalysis(model, ([image],))
+            analysis.by_module()  # runs the trace while the hooks count
+        finally:
+            for hook in hooks:
+                hook.remove()
     roi = model.roi_heads
     mask = roi.has_mask()
     proposals = counts.get("proposals", 0)
@@ -317,29 +389,45 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: s
             + "; its MACs scale linearly with them. RPN NMS and the box score threshold and NMS were off "
               "while profiling so that these are the caps, whatever the weights [ours]. The trunk, neck "
               "and RPN heads do not depend on them.")
-    return {
-        "params": params["total"],
-        "macs": total,
-        "flops": 2 * total,
-        "by_part": by_part,
-        "attention": attention,
-        "latency_ms": _latency(times),
-        "neck_latency_ms": _latency(neck_times),
-        "peak_memory_mb": peak_mb,
-        "peak_memory_source": memory.source,
-        "uncounted_ops": analysis.uncounted_ops(),
-        "input_size": [height, width],
-        "padded_size": list(images.tensors.shape[-2:]),
-        "device": str(dev),
-        "device_name": device_info(dev)["name"],
-        "dtype": str(dtype).removeprefix("torch."),
-        "tf32": {"matmul": bool(torch.backends.cuda.matmul.allow_tf32), "cudnn": bool(torch.backends.cudnn.allow_tf32)},
-        "threads": torch.get_num_threads(),
-        "proposals": {"parts": ["roi_heads"], "count": proposals, "detections": detections if mask else None,
-                      "note": note},
-        "counter": "fvcore FlopCountAnalysis (jit trace) + fptbench.engine.flops attention handles; "
-                   "macs = multiply-adds, flops = 2 x macs",
-    }
+    proposals_entry = {"parts": ["roi_heads"], "count": proposals, "detections": detections if mask else None,
+                       "note": note}
+    return _Measured(times, neck_times, peak_mb, memory.source, analysis, list(images.tensors.shape[-2:]),
+                     {"proposals": proposals_entry})
+
+
+def _measure_segmenter(model: nn.Module, image: Tensor, *, device: torch.device, runs: int, warmup: int,
+                       progress: bool) -> _Measured:
+    """Latency, memory and MACs of a Segmenter in evaluation mode: one image, no resize, no
+    data-dependent work. The neck is the pyramid and FPT on fixed trunk features."""
+    from fptbench.engine.flops import FlopAnalysis
+
+    height, width = image.shape[-2:]
+    batch = image[None]
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.no_grad():
+            memory = _PeakMemory(device)
+            memory.start()
+            times = _time_ms(lambda: model(batch), runs=runs, warmup=warmup, device=device,
+                             label=f"model {height}x{width}", progress=progress)
+            peak_mb = memory.stop()
+
+            features = model.backbone(model.normalize(batch))
+
+            def neck() -> Any:
+                levels = list(model.pyramid(features).values())
+                return model.fpt(levels) if model.fpt is not None else levels
+
+            neck_times = _time_ms(neck, runs=runs, warmup=warmup, device=device, label="neck", progress=progress)
+            del features
+            _log(progress, "counting MACs (fvcore trace)")
+            analysis = FlopAnalysis(model, (batch,))
+            analysis.by_module()
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    return _Measured(times, neck_times, peak_mb, memory.source, analysis, [height, width])
 
 
 def profile_checkpoint(cfg: dict, ckpt: str | None, *, size: tuple[int, int] = _REQUEST.size,
@@ -383,9 +471,10 @@ def format_profile(result: dict) -> str:
     lines.append(f"attention (QK + AV products, all impls alike): {_g(att['macs'])} GMACs, "
                  f"{100 * att['macs'] / total:.1f}% of the model"
                  + "".join(f"; {p} {_g(m)}" for p, m in att.get("by_part", {}).items()))
-    prop = result["proposals"]
-    lines.append(f"data-dependent: {', '.join(prop['parts'])} at {prop['count']} proposals"
-                 + (f", {prop['detections']} detections" if prop.get("detections") is not None else ""))
+    prop = result.get("proposals")  # detectors only
+    if prop is not None:
+        lines.append(f"data-dependent: {', '.join(prop['parts'])} at {prop['count']} proposals"
+                     + (f", {prop['detections']} detections" if prop.get("detections") is not None else ""))
     for key, name in (("latency_ms", "latency"), ("neck_latency_ms", "neck latency")):
         lat = result[key]
         lines.append(f"{name}: median {lat['median']:.1f} ms, p90 {lat['p90']:.1f} ms ({lat['runs']} runs)")
