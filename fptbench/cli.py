@@ -131,17 +131,26 @@ def cmd_forward(args: argparse.Namespace) -> int:
     model = load_model(cfg).eval()
     build_s = time.perf_counter() - start
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(cfg["seed"]))
-
+    show = _forward_segmentation if cfg["model"]["task"] == "segmentation" else _forward_detection
     with torch.no_grad():
-        images, _ = model.transform([image])
-        features = model.backbone(images.tensors)
-        start = time.perf_counter()
-        detections = model([image])[0]
-        forward_s = time.perf_counter() - start
+        show(args.name, cfg, model, image, build_s)
+    return 0
+
+
+def _forward_detection(name: str, cfg: dict, model, image, build_s: float) -> None:
+    """``fptbench forward`` of a detector: transformed batch, pyramid levels, detections."""
+    import torch
+
+    height, width = image.shape[-2:]
+    images, _ = model.transform([image])
+    features = model.backbone(images.tensors)
+    start = time.perf_counter()
+    detections = model([image])[0]
+    forward_s = time.perf_counter() - start
 
     params = sum(p.numel() for p in model.parameters())
     backbone_params = sum(p.numel() for p in model.backbone.parameters())
-    print(f"config: {args.name}  hash: {config_hash(cfg)}  head: {cfg['model']['head']}  "
+    print(f"config: {name}  hash: {config_hash(cfg)}  head: {cfg['model']['head']}  "
           f"backbone: {cfg['model']['backbone']}  "
           f"fpt: st={cfg['fpt']['st']} gt={cfg['fpt']['gt']} rt={cfg['fpt']['rt']}")
     print(f"input: random RGB image 3x{height}x{width} (seed {cfg['seed']}), "
@@ -154,10 +163,43 @@ def cmd_forward(args: argparse.Namespace) -> int:
     for key, value in detections.items():
         print(f"  {key}: {tuple(value.shape)}")
     count = len(detections["boxes"]) if "boxes" in detections else 0
-    print(f"forward {args.name}: {height}x{width} image, {len(features)} levels, "
+    print(f"forward {name}: {height}x{width} image, {len(features)} levels, "
           f"{params / 1e6:.1f}M params, {count} detections, {forward_s:.2f} s forward "
           f"(build {build_s:.2f} s, {torch.get_num_threads()} threads)")
-    return 0
+
+
+def _forward_segmentation(name: str, cfg: dict, model, image, build_s: float) -> None:
+    """``fptbench forward`` of a segmentation model: trunk features, pyramid levels, logits."""
+    import torch
+
+    height, width = image.shape[-2:]
+    batch = image[None]
+    features = model.backbone(model.normalize(batch))
+    levels = list(model.pyramid(features).values())
+    if model.fpt is not None:
+        levels = model.fpt(levels)
+    start = time.perf_counter()
+    outputs = model(batch)
+    forward_s = time.perf_counter() - start
+    seg, fpt = cfg["seg"], cfg["fpt"]
+    params = sum(p.numel() for p in model.parameters())
+    print(f"config: {name}  hash: {config_hash(cfg)}  task: segmentation  backbone: {cfg['model']['backbone']}  "
+          f"pyramid: {seg['pyramid']} (output stride {seg['output_stride']})  head: {seg['head']}  "
+          f"fpt: st={fpt['st']} gt={fpt['gt']} rt={fpt['rt']} gt.window={cfg['gt']['window']}")
+    print(f"input: random RGB image 3x{height}x{width} (seed {cfg['seed']})")
+    print("trunk features (level: N, C, H, W):")
+    for level, feature in features.items():
+        print(f"  {level}: {tuple(feature.shape)}")
+    print(f"pyramid levels{' after FPT' if model.fpt is not None else ''} (N, C, H, W):")
+    for i, level in enumerate(levels):
+        print(f"  {i}: {tuple(level.shape)}")
+    print(f"parameters: {params:,} (trunk: {sum(p.numel() for p in model.backbone.parameters()):,})")
+    print("logits:")
+    for key, value in outputs.items():
+        print(f"  {key}: {tuple(value.shape)}")
+    print(f"forward {name}: {height}x{width} image, {len(levels)} levels, {params / 1e6:.1f}M params, "
+          f"{outputs['out'].shape[1]} classes, {forward_s:.2f} s forward "
+          f"(build {build_s:.2f} s, {torch.get_num_threads()} threads)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +444,7 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """COCO evaluation (pycocotools) of a checkpoint on data.test; writes DIR/result.json."""
+    """Evaluation of a checkpoint on data.test (COCOeval AP, or mIoU for segmentation); writes DIR/result.json."""
     cfg = _run_config(args)
     from fptbench.engine import evaluate_checkpoint
 
@@ -425,6 +467,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     if not 0.0 <= args.threshold <= 1.0:
         raise UsageError(f"--threshold: expected a score in [0, 1], got {args.threshold}")
     cfg = _run_config(args)
+    if cfg["model"]["task"] != "detection":
+        raise UsageError(f"infer draws detections, and {args.name} is a {cfg['model']['task']} config "
+                         f"(model.task); score it with fptbench eval")
     from fptbench.data import build_dataset
     from fptbench.engine.model import load_model, set_train_sizes
     from fptbench.visualize import infer_images
@@ -541,7 +586,7 @@ def _status_args(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """One row per cell: state (record + scheduler), job, elapsed, attempts, box AP."""
+    """One row per cell: state (record + scheduler), job, elapsed, attempts, box AP (mIoU for segmentation)."""
     from fptbench.launch import format_status, sweep_status
 
     matrix = _load_matrix(args)
@@ -670,16 +715,20 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--val", type=int, default=50, metavar="N", help="validation images (default 50)")
     synth.add_argument("--size", type=int, default=128, metavar="S", help="image side, pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
+    synth.add_argument("--seg", action="store_true",
+                       help="the semantic segmentation set instead: images/ and labels/ (the synth_seg_* configs' "
+                            "data.root, data/synth_seg)")
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     if args.data_command != "synth":
         raise UsageError("data: an action is required: synth (see fptbench data --help)")
-    from fptbench.data.synth import summary_line, write_synth
+    from fptbench.data import synth
 
+    write, line = (synth.write_synth_seg, synth.seg_summary_line) if args.seg else (synth.write_synth, synth.summary_line)
     start = time.perf_counter()
-    summary = write_synth(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
-    print(f"{summary_line(summary)} ({time.perf_counter() - start:.1f} s)")
+    summary = write(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+    print(f"{line(summary)} ({time.perf_counter() - start:.1f} s)")
     return 0
 
 
@@ -703,7 +752,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("train", "train a model (DDP under torchrun/SLURM), checkpoint, then evaluate", _train_args, cmd_train),
     Command("pretrain", "pre-train a trunk once and cache it under the data folder (model.backbone_pretrain)",
             _pretrain_args, cmd_pretrain),
-    Command("eval", "evaluate a checkpoint with pycocotools' COCOeval and write result.json", _eval_args, cmd_eval),
+    Command("eval", "evaluate a checkpoint (COCOeval's AP; mIoU for segmentation) and write result.json",
+            _eval_args, cmd_eval),
     Command("infer", "draw a checkpoint's detections on a folder of images", _infer_args, cmd_infer),
     Command("profile", "parameters, MACs/FLOPs by part (fvcore), latency and peak memory of a model",
             _profile_args, cmd_profile),
@@ -714,7 +764,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("report", "paper-style tables and figures from an experiment's run records", _report_args, cmd_report),
     Command("demo", "the main job: embedded data -> the demo matrix (local) -> profile -> report",
             _demo_args, cmd_demo),
-    Command("data", "datasets: `data synth` writes the embedded synthetic dataset", _data_args, cmd_data),
+    Command("data", "datasets: `data synth [--seg]` writes the embedded synthetic dataset", _data_args, cmd_data),
 )
 
 

@@ -200,3 +200,66 @@ def test_seed_test_command_line_evaluates_like_ours(seed_run):
     trained = json.loads((out / "result.json").read_text())
     evaluated = json.loads((tmp / "seed_eval" / "result.json").read_text())
     assert evaluated["metrics"] == trained["metrics"] and evaluated["config"]["data"]["test"] == "coco2017_val"
+
+
+# ---------------------------------------------------------------------------------------------
+# semantic segmentation (model.task segmentation): data synth --seg -> train -> eval -> forward
+
+SEG_TINY = ["--set", "model.fpn_channels", "16", "--set", "gt.channels", "8", "--set", "seg.ufp_kernels", "[1, 3]",
+            "--set", "seg.crop_size", "[32, 32]", "--set", "train.max_iter", "2", "--set", "train.images_per_device", "2"]
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory):
+    """The synthetic segmentation set, written by the CLI, and one tiny trained run on it."""
+    tmp = tmp_path_factory.mktemp("cli_seg")
+    data = tmp / "synth_seg"
+    out = fptbench("data", "synth", "--seg", "--out", data, "--train", 4, "--val", 2, "--size", 64)
+    assert "wrote 4 train + 2 val label maps (8 classes with the background" in out.stdout
+    fptbench("train", "synth_seg_r18_lgt", "--output", tmp / "run", "--data-root", data, *SEG_TINY)
+    return tmp, data
+
+
+def test_data_synth_seg_writes_images_and_label_maps(seg_run):
+    _, data = seg_run
+    for split, count in (("train", 4), ("val", 2)):
+        assert len(list((data / "images" / split).glob("*.png"))) == count
+        assert len(list((data / "labels" / split).glob("*.png"))) == count
+    assert json.loads((data / "classes.json").read_text())["classes"][0] == "background"
+    assert not (data / "annotations").exists()  # not the detection set
+
+
+def test_segmentation_train_and_eval_agree(seg_run):
+    tmp, data = seg_run
+    trained = json.loads((tmp / "run" / "result.json").read_text())
+    assert set(trained["metrics"]) == {"segmentation"} and trained["config"]["model"]["task"] == "segmentation"
+    assert trained["dataset"] == {"name": "synth_seg_val", "images": 2}
+    fptbench("eval", "synth_seg_r18_lgt", "--ckpt", tmp / "run" / "checkpoints" / "last.pth", "--output",
+             tmp / "eval", "--data-root", data, *SEG_TINY)
+    evaluated = json.loads((tmp / "eval" / "result.json").read_text())
+    assert evaluated["metrics"] == trained["metrics"]  # same weights, same data, same numbers
+    assert evaluated["training"]["weights_sha256"] == trained["training"]["weights_sha256"]
+
+
+def test_forward_of_a_segmentation_config(seg_run):
+    proc = fptbench("forward", "synth_seg_r18_lgt", "--size", 64, 96, *SEG_TINY)
+    assert "task: segmentation" in proc.stdout and "gt.window=5" in proc.stdout
+    assert "  out: (1, 8, 64, 96)" in proc.stdout and "  aux: (1, 8, 64, 96)" in proc.stdout
+    assert "pyramid levels after FPT (N, C, H, W):\n  0: (1, 16, 8, 12)\n  1: (1, 16, 8, 12)\n" in proc.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "synth_seg_r18_base", "--output", "{tmp}/x", "--data-root", "{tmp}/nowhere"],
+     "{tmp}/nowhere/images/train: folder not found"),
+    (["infer", "synth_seg_r18_base", "--ckpt", "{tmp}/run/checkpoints/last.pth", "--images", "{data}/images/val",
+      "--output", "{tmp}/y"], "infer draws detections, and synth_seg_r18_base is a segmentation config"),
+    (["train", "synth_seg_r18_base", "--output", "{tmp}/x", "--set", "seg.crop_size", "[16, 16]"],
+     "seg.crop_size=[16, 16] must be [H, W], each side >= 32 px"),
+])
+def test_segmentation_mistakes_are_one_line_and_exit_2(seg_run, args, expected):
+    tmp, data = seg_run
+    proc = fptbench(*[a.format(tmp=tmp, data=data) for a in args], check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("fptbench: error: ") and expected.format(tmp=tmp) in line, line
+    assert "Traceback" not in proc.stderr
