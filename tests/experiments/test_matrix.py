@@ -309,6 +309,8 @@ SHIPPED = {  # name: (cells, world_size, profile size, axes)
     "paper_backbones": (12, 8, [800, 1333], ("backbone", "head", "neck", "seed")),
     "paper_design": (9, 8, [800, 1333], ("design", "seed")),
     "paper_vs_code": (10, 8, [800, 1333], ("variant", "seed")),
+    "paper_segmentation": (12, 8, [512, 512], ("dataset", "neck", "seed")),
+    "demo_segmentation": (6, 1, [128, 128], ("neck", "seed")),
 }
 
 
@@ -393,6 +395,35 @@ def test_demo_is_cpu_sized_and_fpt_cells_start_as_bfp():
     assert matrix.profile == {"size": [128, 128], "runs": 3, "warmup": 1}
 
 
+def test_paper_segmentation_cells_are_the_shipped_configs():
+    # The dataset axis copies each seg_r101_<dataset>_base config's recipe and the neck axis the
+    # _fpt / _lgt configs' switches: pinned here, cell by cell, so that the copies cannot drift.
+    matrix = load_matrix("paper_segmentation")
+    assert [(c.axes["dataset"], c.axes["neck"]) for c in matrix.cells] == [
+        (d, n) for d in ("cityscapes", "voc2012", "ade20k", "lip") for n in ("base", "fpt", "lgt")]
+    for cell in matrix.cells:
+        name = f"seg_r101_{cell.axes['dataset']}_{cell.axes['neck']}"
+        assert cell.config == load_config(name), name
+        assert cell.run_id.endswith(config_hash(load_config(name))[:8])  # the config's own hash
+
+
+def test_demo_segmentation_cells_are_the_synthetic_configs():
+    matrix = load_matrix("demo_segmentation")
+    assert [(c.axes["neck"], c.axes["seed"]) for c in matrix.cells] == [
+        (n, s) for n in ("base", "fpt", "lgt") for s in (0, 1)]
+    for cell in matrix.cells:
+        assert cell.config == load_config(f"synth_seg_r18_{cell.axes['neck']}", [("seed", cell.axes["seed"])])
+        assert cell.config["data"]["root"] == "data/synth_seg" and cell.config["model"]["task"] == "segmentation"
+
+
+def test_paper_segmentation_dry_run_lists_its_12_cells(run_cli):
+    done = run_cli("sweep", "paper_segmentation", "--dry-run", "--results", "/nonexistent-results")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split()[0] for line in done.stdout.splitlines() if " missing " in line]
+    assert rows == [c.run_id for c in load_matrix("paper_segmentation").cells] and len(rows) == 12
+    assert "dry run: would submit 12 of 12 cells" in done.stdout
+
+
 # --- reference: the row a design table compares every other row with -------------------------
 
 def test_reference_names_the_row_by_label_or_value(tmp_path):
@@ -406,7 +437,8 @@ def test_paper_vs_code_compares_every_difference_with_the_paper_row():
     assert matrix.reference == {"variant": "paper"}
     paper = [cell for cell in matrix.cells if cell.axes["variant"] == "paper"]
     assert len(paper) == 1 and paper[0].config == load_config("maskrcnn_r50_fpt", [pair for pair in paper[0].overrides])
-    for name in ("demo", "paper_ablation", "paper_backbones", "paper_design"):  # their reports stay as they were
+    for name in ("demo", "paper_ablation", "paper_backbones", "paper_design", "paper_segmentation",
+                 "demo_segmentation"):  # their reports stay as they were
         assert load_matrix(name).reference == {}
 
 
