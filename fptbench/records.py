@@ -11,6 +11,10 @@ A record is a flat plain dict, in the spirit of torchvision's weight metadata
      "dataset": {"name": "coco2017_val", "images": 5000},
      "training": {"iterations": 90000, "wall_time_s": 12345.6},
      "metrics": {"bbox": {"AP": 38.0, ...}, "segm": {...}}}
+
+``metrics`` holds what the task's evaluation measured, in percent: COCOeval's ``bbox`` (and
+``segm`` for Mask R-CNN) for detection; ``{"segmentation": {"mIoU", "pixel_acc", "mean_acc",
+"per_class_iou": {class name: IoU or null}}}`` for ``model.task: segmentation``.
 """
 
 from __future__ import annotations
@@ -145,7 +149,8 @@ def make_record(
 
     Args:
         cfg (dict): the resolved config (``load_config``); stored whole with its hash.
-        metrics (dict): e.g. ``{"bbox": {"AP": ...}, "segm": {...}}`` from ``inference``.
+        metrics (dict): e.g. ``{"bbox": {"AP": ...}, "segm": {...}}`` from ``inference``, or
+            ``{"segmentation": {"mIoU": ...}}`` from ``evaluate_segmentation``.
         dataset: the evaluated dataset (its ``len`` and ``name``, or ``cfg`` ``data.test``), a
             name, or ``{"name": str, "images": int}``; ``None`` when there was none.
         iterations (int): optimizer steps the weights had (``None``: not trained here).

@@ -26,13 +26,28 @@ from fptbench.launch.lock import CELL_LOCK, is_locked, process_alive
 from fptbench.launch.state import (ERROR_FILE, LAUNCH_FILE, RESULT_FILE, SweepState, json_problem,
                                    read_complete_record, read_json)
 
-__all__ = ["CellStatus", "cell_statuses", "ACTIVE", "log_paths"]
+__all__ = ["CellStatus", "HEADLINES", "cell_statuses", "ACTIVE", "headline", "log_paths"]
 
 ACTIVE = ("running", "pending", "requeued")
 _SUBMIT_GRACE_S = 120.0  # sacct may not list a job yet right after its submission
 _SLURM_PENDING = {"PENDING", "CONFIGURING", "READY"}
 _SLURM_RUNNING = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING", "RESIZING"}
 _SLURM_REQUEUED = {"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PREEMPTED", "SUSPENDED", "STOPPED"}
+
+
+HEADLINES = (("bbox", "AP", "box AP"), ("segmentation", "mIoU", "mIoU"))
+"""(metrics key, score, name) of the one number a cell is shown with, by what its record holds:
+COCOeval's box AP for detection, mIoU for segmentation (both percent), first match."""
+
+
+def headline(record: dict[str, Any]) -> tuple[str, float | None]:
+    """``(name, value)`` of a record's headline score (:data:`HEADLINES`); ``("", None)`` when it
+    has none of them."""
+    metrics = record.get("metrics") or {}
+    for kind, key, name in HEADLINES:
+        if isinstance(metrics.get(kind), dict):
+            return name, metrics[kind].get(key)
+    return "", None
 
 
 @dataclass
@@ -44,7 +59,8 @@ class CellStatus:
     job_id: str | None = None
     attempts: int = 0
     elapsed_s: float | None = None
-    metric: float | None = None  # headline: box AP (percent)
+    metric: float | None = None  # headline score (percent): box AP, or mIoU for segmentation
+    metric_name: str = ""  # "box AP" or "mIoU" (HEADLINES); "" without a record
     reason: str = ""  # why failed / cancelled, one line
     log_tail: list[str] = field(default_factory=list)
     record: dict[str, Any] | None = None
@@ -127,7 +143,7 @@ def cell_statuses(cells: Iterable[Any], root: Path, state: SweepState, *, logs: 
             status.state, status.record = "done", record
             status.executor, status.job_id = record["launch"].get("executor"), record["launch"].get("job_id")
             status.elapsed_s = _seconds_between(record["launch"].get("started"), record["launch"].get("finished"))
-            status.metric = (record.get("metrics", {}).get("bbox") or {}).get("AP")
+            status.metric_name, status.metric = headline(record)
         elif entry and entry.get("executor") == "slurm":
             pending_slurm.append((status, entry, launch))
         elif entry:

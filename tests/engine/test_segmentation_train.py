@@ -255,3 +255,36 @@ def test_sync_batchnorm_under_cuda_ddp_for_segmentation(segmenter, synth_seg):
         _sync_batchnorm(build_model(cfg), cfg, DistInfo(world_size=2))
     detection = load_config("synth_r18_bfp")
     assert not _sync_batchnorm(build_model(detection), detection, cuda2)  # detection: off unless asked
+
+
+# --- DDP -----------------------------------------------------------------------------------------
+
+def _ddp_worker(rank, port, cfg, out, results):
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    record = trainer.train(cfg, out, progress=False)  # every rank evaluates and returns the record
+    training = record["training"]
+    results[rank] = (training["weights_sha256"], training["world_size"], training["sync_bn"],
+                     record["metrics"]["segmentation"]["mIoU"])
+    torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes
+def test_two_process_ddp_on_gloo_keeps_replicas_identical_and_evaluates_together(synth_seg, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny(synth_seg, "synth_seg_r18_lgt", ("train.max_iter", 2), ("device", "cpu"))
+    results = mp.Manager().dict()
+    mp.spawn(_ddp_worker, args=(port, cfg, str(tmp_path), results), nprocs=2, join=True)
+    (d0, w0, s0, m0), (d1, w1, s1, m1) = results[0], results[1]
+    assert w0 == w1 == 2 and s0 is s1 is False  # gloo on the CPU: BatchNorm stays (SyncBatchNorm is CUDA's)
+    assert d0 == d1  # bitwise-identical weights on both ranks
+    assert m0 == m1  # the confusion matrix summed over the ranks: one mIoU
+    assert json.loads((tmp_path / "result.json").read_text())["metrics"]["segmentation"]["mIoU"] == m0
