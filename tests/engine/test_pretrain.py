@@ -170,3 +170,37 @@ def test_cli_pretrain_makes_then_reuses(synth, tmp_path):
     assert "pre-trained now" in first.stdout
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0 and "cached" in second.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_pretraining_resumes_to_the_same_trunk(tmp_path):
+    # SIGKILL `fptbench pretrain` once its first checkpoint is written; the next call resumes the
+    # run and its trunk equals, bitwise, that of a pre-training never stopped (another data copy).
+    import shutil
+    import signal
+    import time
+
+    recipe = _recipe(tmp_path, 6)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    trunks = []
+    for name, kill in (("killed", True), ("whole", False)):
+        root = tmp_path / name
+        write_synth(root, train=8, val=2, size=64, seed=0)
+        cmd = [sys.executable, "-m", "fptbench", "pretrain", str(recipe), "--data-root", str(root)]
+        if kill:
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 240
+            while not list((root / "pretrained").glob("*/checkpoints/model_0000002.pth")) and time.time() < deadline:
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            assert not list((root / "pretrained").glob("*.pth")), "killed too late: nothing left to resume"
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        if kill:
+            assert "resum" in done.stdout + done.stderr
+        trunks.append(torch.load(next((root / "pretrained").glob("pre6-*[0-9a-f].pth")), weights_only=True))
+    assert trunks[0].keys() == trunks[1].keys()
+    for key in trunks[0]:
+        assert torch.equal(trunks[0][key], trunks[1][key]), key
+    shutil.rmtree(tmp_path / "killed")
