@@ -10,7 +10,12 @@ What a row is, in the paper's words, comes from the config, never from the label
 
 - ``neck``: fpt.st / fpt.gt / fpt.rt -> ``BFP``, ``+ST``, ``+GT``, ``+RT``, ``+ST+GT``,
   ``+ST+RT``, ``+GT+RT``, ``FPT`` (:func:`neck_name`);
-- ``backbone``, ``head``: model.backbone, model.head.
+- ``backbone``, ``head``: model.backbone, model.head (a segmentation config: seg.head);
+- ``task``: model.task (``detection`` | ``segmentation``); a segmentation row's neck is named
+  :func:`seg_neck_name` (``baseline``, ``+FPT (GT)``, ``+FPT (LGT)``: the global GT or the
+  locality-constrained one, gt.window), and its baseline row is ``baseline``, not ``BFP``;
+- ``dataset``: the evaluated split's dataset, data.test without its split (``cityscapes_val`` ->
+  ``cityscapes``, :func:`dataset_key`), the key of the paper's per-dataset values.
 
 A cell with no record and no config (the launcher may pass only run id, axes and state) borrows
 these from a record that shares the values of the axes that set them; failing that, from a
@@ -30,10 +35,17 @@ from typing import Any, Mapping, Sequence
 
 from fptbench.errors import UsageError
 
-__all__ = ["NECKS", "Row", "Layout", "neck_name", "collect_rows", "values", "stats", "COLUMNS", "Column"]
+__all__ = ["NECKS", "SEG_NECKS", "SEG_BASELINE", "SEG_METRICS", "Row", "Layout", "neck_name", "seg_neck_name",
+           "dataset_key", "collect_rows", "values", "stats", "COLUMNS", "Column", "class_iou_column"]
 
 NECKS = ("BFP", "+ST", "+GT", "+RT", "+ST+GT", "+ST+RT", "+GT+RT", "FPT")
 """Row order of the paper's ablation: the baseline, each transformer alone, in pairs, all three."""
+
+SEG_BASELINE = "baseline"
+"""The segmentation baseline's name: the pyramid (UFP or FPN) straight to the head, no FPT."""
+SEG_NECKS = (SEG_BASELINE, "+ST", "+GT", "+LGT", "+RT", "+ST+GT", "+ST+LGT", "+ST+RT", "+GT+RT", "+LGT+RT",
+             "+FPT (GT)", "+FPT (LGT)")
+"""Row order of a segmentation table: the baseline, the parts, FPT with the global GT, with LGT."""
 
 SEED_AXIS = "seed"
 
@@ -46,11 +58,56 @@ def neck_name(st: bool, gt: bool, rt: bool) -> str:
     return "+" + "+".join(parts) if parts else "BFP"
 
 
-def _neck_of_config(cfg: Mapping[str, Any]) -> str | None:
+def seg_neck_name(st: bool, gt: bool, rt: bool, window: int = 0) -> str:
+    """A segmentation neck: ``baseline`` (no transformer), ``+FPT (GT)`` / ``+FPT (LGT)`` (all
+    three, with the global or the locality-constrained GT, ``window`` > 0), else as
+    :func:`neck_name` with ``LGT`` for a windowed GT: ``+ST+LGT``."""
+    name = neck_name(st, gt, rt)
+    if name == "BFP":
+        return SEG_BASELINE
+    if name == "FPT":
+        return "+FPT (LGT)" if window else "+FPT (GT)"
+    return name.replace("GT", "LGT") if window else name
+
+
+def _task_of(cfg: Mapping[str, Any], record: Mapping | None) -> str | None:
+    """model.task; for a config without it (records before issue 14), what the metrics hold."""
+    model = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if isinstance(model, Mapping) and model.get("task"):
+        return str(model["task"])
+    metrics = (record or {}).get("metrics") or {}
+    if "segmentation" in metrics:
+        return "segmentation"
+    if metrics or isinstance(model, Mapping):
+        return "detection"
+    return None
+
+
+def _neck_of_config(cfg: Mapping[str, Any], task: str | None = None) -> str | None:
     fpt = cfg.get("fpt") if isinstance(cfg, Mapping) else None
     if not isinstance(fpt, Mapping) or not all(k in fpt for k in ("st", "gt", "rt")):
         return None
-    return neck_name(bool(fpt["st"]), bool(fpt["gt"]), bool(fpt["rt"]))
+    flags = bool(fpt["st"]), bool(fpt["gt"]), bool(fpt["rt"])
+    if task == "segmentation":
+        gt = cfg.get("gt") if isinstance(cfg.get("gt"), Mapping) else {}
+        return seg_neck_name(*flags, window=int(gt.get("window") or 0))
+    return neck_name(*flags)
+
+
+_SPLIT = re.compile(r"_(train_aug|trainval|train|val|test|minival)$")
+
+
+def dataset_key(name: Any) -> str | None:
+    """A split's dataset: its name without the split suffix (``voc2012_val`` -> ``voc2012``)."""
+    return _SPLIT.sub("", name) if isinstance(name, str) and name else None
+
+
+def _dataset_of(cfg: Mapping[str, Any], record: Mapping | None) -> str | None:
+    data = cfg.get("data") if isinstance(cfg, Mapping) else None
+    name = data.get("test") if isinstance(data, Mapping) else None
+    if not name:
+        name = ((record or {}).get("dataset") or {}).get("name")
+    return dataset_key(name)
 
 
 def _neck_of_label(label: Any) -> str | None:
@@ -98,7 +155,9 @@ def _profile(*path: str, scale: float = 1.0):
 
 def _neck_flops(record: Mapping) -> float | None:
     parts = (record.get("profile") or {}).get("by_part") or {}
-    flops = [parts[p]["flops"] for p in ("bfp", "fpt") if isinstance(parts.get(p), Mapping) and "flops" in parts[p]]
+    # a detector's neck is bfp + fpt, a segmentation model's pyramid + fpt (no record has both)
+    flops = [parts[p]["flops"] for p in ("bfp", "pyramid", "fpt")
+             if isinstance(parts.get(p), Mapping) and "flops" in parts[p]]
     return sum(flops) / 1e9 if flops else None
 
 
@@ -107,6 +166,10 @@ COLUMNS: dict[str, Column] = {}
 for _task, _word in (("bbox", "box"), ("segm", "mask")):
     for _name in AP_NAMES:
         COLUMNS[f"{_task}.{_name}"] = Column(f"{_task}.{_name}", f"{_word} {_name}", "ap", _metric(_task, _name))
+SEG_METRICS = ("seg.mIoU", "seg.pixel_acc", "seg.mean_acc")
+"""Semantic segmentation's scores, ``record["metrics"]["segmentation"]`` (percent)."""
+for _column, _header in zip(SEG_METRICS, ("mIoU", "pixel acc", "mean acc")):
+    COLUMNS[_column] = Column(_column, _header, "ap", _metric("segmentation", _column.split(".", 1)[1]))
 COLUMNS.update({c.id: c for c in (
     Column("params_m", "Params (M)", "params", _profile("params", scale=1e-6)),
     Column("gflops", "GFLOPs", "sig", _profile("flops", scale=1e-9)),
@@ -119,6 +182,16 @@ COLUMNS.update({c.id: c for c in (
 )})
 
 
+def class_iou_column(name: str) -> Column:
+    """The IoU (percent) of class ``name``, ``metrics.segmentation.per_class_iou[name]``; None
+    where the record has no such class or null (neither in the ground truth nor predicted)."""
+    def get(record: Mapping) -> float | None:
+        ious = ((record.get("metrics") or {}).get("segmentation") or {}).get("per_class_iou") or {}
+        value = ious.get(name)
+        return None if value is None else float(value)
+    return Column(f"iou.{name}", name, "ap", get)
+
+
 # ---------------------------------------------------------------------------------------------
 # rows
 
@@ -129,6 +202,8 @@ class Row:
     Attributes:
         axes: non-seed axis -> label/value, in axis order.
         neck, backbone, head: what the row is (``None`` when nothing says).
+        task: ``detection`` or ``segmentation`` (``None`` when nothing says).
+        dataset: the evaluated dataset, :func:`dataset_key` of data.test (``None`` when nothing says).
         records: the complete records of its seeds, in seed order.
         seeds: the seed of each record.
         incomplete: its expected cells without a complete record, each ``{"run_id", "state",
@@ -142,6 +217,8 @@ class Row:
     neck: str | None = None
     backbone: str | None = None
     head: str | None = None
+    task: str | None = None
+    dataset: str | None = None
     records: list[dict] = field(default_factory=list)
     seeds: list[Any] = field(default_factory=list)
     incomplete: list[dict] = field(default_factory=list)
@@ -181,21 +258,28 @@ class Layout:
     compare_to: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def task(self) -> str:
+        """``segmentation`` when the rows are segmentation runs, else ``detection``."""
+        return "segmentation" if any(r.task == "segmentation" for r in self.rows) else "detection"
+
+    @property
     def context_axes(self) -> list[str]:
         """Varying axes that are not ablation axes: a row's BFP reference shares their values."""
         return [a for a in self.varying if a not in self.variant_axes]
 
     def bfp_for(self, row: Row) -> Row | None:
-        """The BFP row with the same context-axis values (the first in matrix order), if any."""
+        """The BFP row (a segmentation row: the ``baseline`` row) with the same context-axis
+        values (the first in matrix order), if any."""
         if row.neck is None:
             return None
+        baseline = SEG_BASELINE if row.task == "segmentation" else "BFP"
         context = self.context_axes
 
         def where(r: Row) -> tuple:
             return tuple(_key(r.axes.get(a)) for a in context)
 
         mine = where(row)
-        return next((other for other in self.rows if other.neck == "BFP" and where(other) == mine), None)
+        return next((other for other in self.rows if other.neck == baseline and where(other) == mine), None)
 
     def compared_row(self, row: Row) -> Row | None:
         """The row with the ``compare_to`` values and, on every other varying axis, ``row``'s
@@ -231,8 +315,9 @@ def collect_rows(records: Sequence[Mapping], cells: Sequence[Mapping] | None = N
         compare_to: the matrix's ``reference`` setting, axis -> value (:attr:`Layout.compare_to`).
 
     Raises:
-        UsageError: a record without ``cell.run_id``/``cell.axes``, two records of one run id, or
-            a ``compare_to`` that names an axis no row has or a value no row has.
+        UsageError: a record without ``cell.run_id``/``cell.axes``, two records of one run id,
+            detection and segmentation cells in one matrix, or a ``compare_to`` that names an
+            axis no row has or a value no row has.
     """
     units: list[dict] = []  # one per run: {"run_id", "axes", "record"|None, "state", "config", "error"}
     by_id: dict[str, dict] = {}
@@ -269,20 +354,36 @@ def collect_rows(records: Sequence[Mapping], cells: Sequence[Mapping] | None = N
     for unit in units:
         cfg = unit["config"]
         model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
-        unit["attrs"] = {"neck": _neck_of_config(cfg), "backbone": model.get("backbone"), "head": model.get("head")}
-        if unit["attrs"]["neck"] is None:
-            flags = [unit["axes"].get(f"fpt.{p}") for p in ("st", "gt", "rt")]
-            if all(isinstance(f, bool) for f in flags):
-                unit["attrs"]["neck"] = neck_name(*flags)
+        task = _task_of(cfg, unit["record"])
+        head = model.get("head")
+        if task == "segmentation":  # model.head is a detector's key; the segmentation head is seg.head
+            head = (cfg.get("seg") or {}).get("head") if isinstance(cfg.get("seg"), Mapping) else None
+        unit["task"], unit["dataset"] = task, _dataset_of(cfg, unit["record"])
+        unit["attrs"] = {"neck": _neck_of_config(cfg, task), "backbone": model.get("backbone"), "head": head}
         for name in ("backbone", "head"):
             if unit["attrs"][name] is None and isinstance(unit["axes"].get(f"model.{name}"), str):
                 unit["attrs"][name] = unit["axes"][f"model.{name}"]
+    tasks = {u["task"] for u in units if u["task"]}
+    if len(tasks) > 1:
+        raise UsageError("the cells mix detection and segmentation runs; report each task as its own matrix")
+    for unit in units:
+        if unit["task"] is None and tasks:  # a cell without config or record: the matrix's one task
+            unit["task"] = next(iter(tasks))
+        if unit["attrs"]["neck"] is None:
+            flags = [unit["axes"].get(f"fpt.{p}") for p in ("st", "gt", "rt")]
+            if all(isinstance(f, bool) for f in flags):
+                if unit["task"] == "segmentation":
+                    window = unit["axes"].get("gt.window", 0)
+                    unit["attrs"]["neck"] = seg_neck_name(*flags, window=window if isinstance(window, int) else 0)
+                else:
+                    unit["attrs"]["neck"] = neck_name(*flags)
 
+    _borrow_dataset(units, axes)
     changes = _axis_changes(units, axes)
     variant_axes = [a for a in axes if "neck" in changes[a]]
     _borrow_attrs(units, axes, changes)
-    for unit in units:  # last resort for the neck: a label that spells it [ours]
-        if unit["attrs"]["neck"] is None:
+    for unit in units:  # last resort for the neck: a label that spells it (detection's names) [ours]
+        if unit["attrs"]["neck"] is None and unit["task"] != "segmentation":
             for a in variant_axes or axes:
                 neck = _neck_of_label(unit["axes"].get(a))
                 if neck:
@@ -301,6 +402,9 @@ def collect_rows(records: Sequence[Mapping], cells: Sequence[Mapping] | None = N
         for name in ("neck", "backbone", "head"):
             if getattr(row, name) is None:
                 setattr(row, name, unit["attrs"][name])
+        for name in ("task", "dataset"):
+            if getattr(row, name) is None:
+                setattr(row, name, unit[name])
         seed = unit["axes"].get(SEED_AXIS, (unit["config"] or {}).get("seed"))
         if unit["record"] is not None:
             row.records.append(unit["record"])
@@ -383,6 +487,31 @@ def _borrow_attrs(units: list[dict], axes: list[str], changes: dict[str, set]) -
                 unit["attrs"][name] = next(iter(found))
 
 
+def _borrow_dataset(units: list[dict], axes: list[str]) -> None:
+    """Fill a config-less cell's dataset: from the axes whose every value, in the cells that say,
+    goes with one dataset (the ``dataset`` axis of a segmentation matrix); where no axis does
+    and every such cell has the same dataset, that one [ours]."""
+    known = [u for u in units if u["dataset"] is not None]
+    if len(known) == len(units) or not known:
+        return
+    by_axis: dict[str, dict[str, set]] = {}
+    for a in axes:
+        seen: dict[str, set] = defaultdict(set)
+        for unit in known:
+            seen[_key(unit["axes"].get(a))].add(unit["dataset"])
+        if all(len(d) == 1 for d in seen.values()):
+            by_axis[a] = seen
+    everywhere = {u["dataset"] for u in known}
+    for unit in units:
+        if unit["dataset"] is not None:
+            continue
+        found = {d for a, seen in by_axis.items() for d in seen.get(_key(unit["axes"].get(a)), ())}
+        if not by_axis:
+            found = everywhere
+        if len(found) == 1:
+            unit["dataset"] = next(iter(found))
+
+
 def _label(layout: Layout) -> None:
     """``row.name``: the neck, plus the ablation-axis labels in brackets where two rows of the same
     context share a neck (``FPT [fpt_pooled]``); ``row.label``: the name, plus the context-axis
@@ -411,9 +540,10 @@ def _label(layout: Layout) -> None:
 # ---------------------------------------------------------------------------------------------
 # numbers
 
-def values(row: Row, column: str) -> list[float]:
-    """The column's value in each of the row's records, ``None``s (no such value) left out."""
-    get = COLUMNS[column].get
+def values(row: Row, column: str | Column) -> list[float]:
+    """The column's value (a :data:`COLUMNS` id, or a :class:`Column` such as
+    :func:`class_iou_column`) in each of the row's records, ``None``s (no such value) left out."""
+    get = column.get if isinstance(column, Column) else COLUMNS[column].get
     out = []
     for record in row.records:
         v = get(record)
