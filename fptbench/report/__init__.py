@@ -5,9 +5,10 @@
 - :mod:`.rows`: records and expected cells -> one row per non-seed axes combination (seeds pooled),
   named by the config (neck BFP/+ST/.../FPT, backbone, head).
 - :mod:`.tables`: the ablation, backbone x head, design and complexity tables (pandas).
+- :mod:`.segmentation`: a segmentation matrix's mIoU and per-class IoU tables, per dataset.
 - :mod:`.significance`: Welch's t-test of a delta over the two rows' seeds (p, the table note).
 - :mod:`.render`: a table as Markdown, LaTeX or CSV.
-- :mod:`.figures`: AP vs GFLOPs / latency, grouped ablation bars (seaborn, Agg canvas).
+- :mod:`.figures`: AP (mIoU) vs GFLOPs / latency, grouped ablation bars (seaborn, Agg canvas).
 - :mod:`.reference`: the paper's values (``results/paper_reference.yaml``), null = unknown.
 - :mod:`.build`: :func:`build_report`, which writes all of it.
 

@@ -3,8 +3,10 @@
 Layout of ``out_dir`` (``reports/<experiment>/`` from the CLI)::
 
     index.md                  the tables embedded, the figures shown, links to every file
-    tables/<name>.md|csv|tex  ablation, backbone_head, design, complexity (those that apply)
-    figures/<name>.png|pdf    ap_vs_gflops, ap_vs_latency, ablation_bars, design_bars
+    tables/<name>.md|csv|tex  ablation, backbone_head, design, complexity (those that apply);
+                              segmentation: miou_<dataset>, per_class_iou_<dataset>, complexity
+    figures/<name>.png|pdf    ap_vs_gflops, ap_vs_latency, ablation_bars, design_bars;
+                              segmentation: miou_vs_gflops, miou_vs_latency
 
 Every file is written atomically, and the whole report too: it is built in a temporary folder
 beside ``out_dir`` (``.<name>.building-<pid>``) that then takes ``out_dir``'s place in one rename
@@ -28,6 +30,7 @@ from fptbench.report.figures import ERROR_BARS, bars_figure, scatter_figure
 from fptbench.report.reference import load_reference
 from fptbench.report.render import to_csv, to_latex, to_markdown
 from fptbench.report.rows import Layout, collect_rows, values
+from fptbench.report.segmentation import build_segmentation_tables
 from fptbench.report.tables import Table, build_tables
 
 __all__ = ["build_report", "FORMATS"]
@@ -59,10 +62,12 @@ def _figures(layout: Layout, tables: list[Table], out: Path) -> tuple[list[tuple
     """Draw the figures; returns (title, files, caption) per figure, and all files."""
     drawn: list[tuple[str, list[Path], str]] = []
     rows = [r for t in tables if t.name == "complexity" for r in t.rows] or layout.rows
-    for column, word, stem in (("gflops", "GFLOPs", "ap_vs_gflops"), ("latency_ms", "latency (ms)", "ap_vs_latency")):
-        title = f"AP vs {word}"
+    metric, name = ("seg.mIoU", "mIoU") if layout.task == "segmentation" else ("bbox.AP", "AP")
+    for column, word, stem in (("gflops", "GFLOPs", f"{name.lower()}_vs_gflops"),
+                               ("latency_ms", "latency (ms)", f"{name.lower()}_vs_latency")):
+        title = f"{name} vs {word}"
         files = scatter_figure(rows, column, word, out / stem, title=title)
-        left = [r.label for r in rows if not (values(r, column) and values(r, "bbox.AP"))]
+        left = [r.label for r in rows if not (values(r, column) and values(r, metric))]
         caption = (f"One point per row (mean over seeds); error bars: {ERROR_BARS}. GFLOPs = 2 × GMACs."
                    + (f" Not drawn (no complete record or no value): {', '.join(left)}." if left else ""))
         drawn.append((title, files, caption))
@@ -205,7 +210,7 @@ def build_report(records: list[dict], *, experiment: str, out_dir: str | Path,
     layout = collect_rows(list(records), None if cells is None else list(cells), compare_to)
     if not layout.rows:
         raise UsageError(f"{experiment}: no records and no cells to report")
-    tables = build_tables(layout, ref)
+    tables = (build_segmentation_tables if layout.task == "segmentation" else build_tables)(layout, ref)
     final = Path(out_dir)
     _check_target(final)
     _remove_stale(final)

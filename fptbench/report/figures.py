@@ -2,7 +2,7 @@
 
 - ``ap_vs_gflops``, ``ap_vs_latency``: one point per report row (seeds pooled: the mean, with
   ± sample-std error bars when n > 1), labelled with the row's name; box AP and, with a mask
-  head, mask AP side by side.
+  head, mask AP side by side. Segmentation rows: mIoU, one panel per dataset (``miou_vs_...``).
 - ``<table>_bars``: the ablation (and the design table) as grouped bars, AP .. APl per row,
   bars = seed means, whiskers = sample std over seeds (n > 1).
 
@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from fptbench.fileio import write_bytes_atomic
-from fptbench.report.rows import AP_NAMES, NECKS, Row, stats, values
+from fptbench.report.rows import AP_NAMES, NECKS, SEG_NECKS, Row, stats, values
 
 __all__ = ["draw_scatter", "scatter_figure", "draw_bars", "bars_figure", "ERROR_BARS", "FORMATS"]
 
@@ -53,10 +53,27 @@ def _tasks(rows: Sequence[Row]) -> list[tuple[str, str]]:
     return tasks
 
 
+def _scatter_panels(rows: Sequence[Row]) -> list[tuple[str, str, str, set[int]]]:
+    """(y column, y word, panel title word, ids of the rows it shows) per panel: box AP (and mask
+    AP) of detection rows; mIoU of segmentation rows, one panel per dataset."""
+    if any(row.task == "segmentation" for row in rows):
+        datasets: list[str | None] = []
+        for row in rows:
+            if row.dataset not in datasets:
+                datasets.append(row.dataset)
+        return [("seg.mIoU", "mIoU", f"{d}: mIoU" if len(datasets) > 1 else "mIoU",
+                 {id(r) for r in rows if r.dataset == d}) for d in datasets]
+    return [(f"{task}.AP", word, word, {id(r) for r in rows}) for task, word in _tasks(rows)]
+
+
+_SEG_ONLY = set(SEG_NECKS) - set(NECKS)
+
+
 def _palette(labels: Sequence[str], necks: Sequence[str | None] | None = None) -> dict[str, tuple]:
-    """A colour per label; a neck keeps its colour across figures when it names one label only."""
+    """A colour per label; a detection neck keeps its colour across figures when it names one
+    label only (segmentation necks: colours in their order)."""
     colours = sns.color_palette("colorblind", n_colors=max(len(NECKS) + 1, len(labels)))
-    if necks is not None and len(set(necks)) == len(labels):
+    if necks is not None and len(set(necks)) == len(labels) and not _SEG_ONLY & set(necks):
         return {label: colours[NECKS.index(n) if n in NECKS else len(NECKS)] for label, n in zip(labels, necks)}
     return {label: colours[i] for i, label in enumerate(labels)}
 
@@ -80,7 +97,8 @@ def _legend(fig: Figure, axes, title: str | None) -> None:
 
 def _hue_order(rows: Sequence[Row]) -> list[str]:
     necks = {row.neck or "?" for row in rows}
-    return [n for n in NECKS if n in necks] + sorted(necks - set(NECKS))
+    known = list(NECKS) + [n for n in SEG_NECKS if n not in NECKS]
+    return [n for n in known if n in necks] + sorted(necks - set(known))
 
 
 def _place_labels(ax, xs: list[float], ys: list[float], labels: list[str]) -> None:
@@ -105,30 +123,34 @@ def _place_labels(ax, xs: list[float], ys: list[float], labels: list[str]) -> No
 
 
 def draw_scatter(rows: Sequence[Row], x_column: str, x_label: str, *, title: str) -> Figure | None:
-    """AP against ``x_column`` (e.g. ``gflops``, ``latency_ms``), one labelled point per row (seed
-    means) with :data:`ERROR_BARS` on both axes where n > 1.
+    """AP (segmentation rows: mIoU, a panel per dataset) against ``x_column`` (e.g. ``gflops``,
+    ``latency_ms``), one labelled point per row (seed means) with :data:`ERROR_BARS` on both axes
+    where n > 1.
 
     Rows without a value on either axis are left out (the caller lists them). ``None`` when no
     row has a point.
     """
-    tasks = _tasks(rows)
+    panels = _scatter_panels(rows)
     points = []
     for row in rows:
         x, x_std, _ = stats(values(row, x_column))
-        for task, word in tasks:
-            y, y_std, n = stats(values(row, f"{task}.AP"))
-            if x is not None and y is not None:
-                points.append({"task": word, "label": row.label, "neck": row.neck or "?", "x": x,
+        for k, (column, _, _, shown) in enumerate(panels):
+            y, y_std, n = stats(values(row, column))
+            # a panel of one dataset: the row's name, unless two of its rows share it
+            label = row.name if len(shown) < len(rows) and [r.name for r in rows if id(r) in shown].count(row.name) == 1 \
+                else row.label
+            if id(row) in shown and x is not None and y is not None:
+                points.append({"task": k, "label": label, "neck": row.neck or "?", "x": x,
                                "x_std": x_std, "y": y, "y_std": y_std, "n": n})
     if not points:
         return None
     df = pd.DataFrame(points)
     hue_order = _hue_order(rows)
     with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(5.2 * len(tasks), 4.2))
-        axes = fig.subplots(1, len(tasks), squeeze=False)[0]
-        for ax, (_, word) in zip(axes, tasks):
-            part = df[df["task"] == word]
+        fig = Figure(figsize=(5.2 * len(panels), 4.2))
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for k, (ax, (_, word, heading, _)) in enumerate(zip(axes, panels)):
+            part = df[df["task"] == k]
             if part.empty:
                 ax.set_visible(False)
                 continue
@@ -145,7 +167,7 @@ def draw_scatter(rows: Sequence[Row], x_column: str, x_label: str, *, title: str
             ax.set_ylim(max(low - pad, -0.05 * pad), high + 1.5 * pad)
             ax.set_xlabel(x_label)
             ax.set_ylabel(f"{word} (%)")
-            ax.set_title(f"{word} vs {x_label}", fontsize=10)
+            ax.set_title(f"{heading} vs {x_label}", fontsize=10)
             _place_labels(ax, list(part["x"]), list(part["y"]), list(part["label"]))
         _legend(fig, axes, f"neck; error bars: {ERROR_BARS}")
         fig.suptitle(title, fontsize=11)

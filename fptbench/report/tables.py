@@ -1,6 +1,7 @@
 """The paper's tables, built from report rows with pandas: numbers for CSV, strings for Markdown/LaTeX.
 
-Four tables, each built only where it applies (:func:`build_tables`):
+Four detection tables, each built only where it applies (:func:`build_tables`; a segmentation
+matrix gets :mod:`.segmentation`'s mIoU and per-class tables and this complexity table):
 
 - ``ablation``: BFP, +ST, +GT, +RT, the pairs, FPT (the neck, from fpt.st/gt/rt); box and mask
   AP, AP50, AP75, APs, APm, APl; Params, GFLOPs, latency; delta against the BFP row. Built when
@@ -426,10 +427,12 @@ def _complexity(layout: Layout, reference: Reference) -> Table:
     if not layout.varying:
         descriptors = [("neck", lambda r: r.name)]
     _common(b, descriptors)
+    seg = layout.task == "segmentation"
     for column in _COMPLEXITY:
         b.stat(column)
         b.reference(column, f"paper {COLUMNS[column].header}",
-                    [reference.value("complexity", f"{r.backbone}/{r.head}/{r.neck}", column) for r in rows],
+                    [reference.value("segmentation", f"{r.dataset}/{r.neck}", column) if seg else
+                     reference.value("complexity", f"{r.backbone}/{r.head}/{r.neck}", column) for r in rows],
                     COLUMNS[column].kind)
     sizes, devices = [], []
     for row in rows:
@@ -439,19 +442,23 @@ def _complexity(layout: Layout, reference: Reference) -> Table:
         devices.append(", ".join(d) if d else DASH)
     b.text("input (px)", sizes, data_name="input_size")
     b.text("device", devices, data_name="device")
+    neck = "pyramid (UFP or FPN) + FPT" if seg else "BFP + FPT"
+    neck_latency = ("the pyramid and FPT on fixed trunk features; the whole model includes the auxiliary head, "
+                    "which runs in evaluation" if seg else "the pyramid alone")
     b.notes += [
-        "Params in millions; GFLOPs = 2 × GMACs (fvcore, with our attention handles); neck = BFP + FPT "
+        f"Params in millions; GFLOPs = 2 × GMACs (fvcore, with our attention handles); neck = {neck} "
         "parts; attention = the QK and AV products of the transformers.",
-        f"Latency: {_profile_words(rows)}; neck latency: the pyramid alone. Peak memory: CUDA max "
+        f"Latency: {_profile_words(rows)}; neck latency: {neck_latency}. Peak memory: CUDA max "
         "allocated, or on the CPU the resident-set increase, MB. Mean ± sample std over seeds.",
         f"{DASH}: no complete record (footnote). {NA}: no such value in the record's profile.",
     ]
-    b.notes += _reference_notes(reference, "complexity", False)
+    b.notes += _reference_notes(reference, "segmentation" if seg else "complexity", False)
     return b.table()
 
 
 def build_tables(layout: Layout, reference: Reference) -> list[Table]:
-    """The tables that apply to ``layout``, in the order ablation, backbone_head, design, complexity."""
+    """The detection tables that apply to ``layout``, in the order ablation, backbone_head, design,
+    complexity (a segmentation layout's: :func:`fptbench.report.segmentation.build_segmentation_tables`)."""
     necks = {row.neck for row in layout.rows if row.neck}
     settings = {(row.backbone, row.head) for row in layout.rows if row.backbone or row.head}
     tables = []
