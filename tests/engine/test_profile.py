@@ -50,12 +50,16 @@ def test_fpt_parameters_by_part():
 
 
 def expected_attention(size: tuple[int, int]) -> tuple[int, int]:
-    """ST: Lq = Lk = level positions, D = Dv = 256. GT: fine queries, coarse keys, 4 Euclidean
-    parts of 32 (+1 each) and Dv = 128, for every (fine, coarse) pair (fpt.pairs all)."""
+    """ST: Lq = Lk = level positions, D = Dv = d (the config's pyramid width). GT: fine queries,
+    coarse keys, 4 Euclidean parts of gt.channels / 4 (+1 each) and Dv = gt.channels, for every
+    (fine, coarse) pair (fpt.pairs all)."""
+    cfg = load_config("synth_r18_fpt")
+    d, c = cfg["model"]["fpn_channels"], cfg["gt"]["channels"]
+    assert cfg["gt"]["parts"] == 4 and cfg["fpt"]["pairs"] == "all"
     h, w = size
     positions = [(h // s) * (w // s) for s in (4, 8, 16, 32)]
-    st = sum(n * n * (256 + 256) for n in positions)
-    gt = sum(positions[f] * positions[c] * (128 + 4 + 128) for f in range(4) for c in range(f + 1, 4))
+    st = sum(n * n * (d + d) for n in positions)
+    gt = sum(positions[f] * positions[c_] * (c + 4 + c) for f in range(4) for c_ in range(f + 1, 4))
     return st, gt
 
 
@@ -136,7 +140,8 @@ def test_roi_heads_macs_follow_the_proposal_count():
         results.append(profile_model(cfg, size=SIZE, runs=1, warmup=0))
     assert [r["proposals"]["count"] for r in results] == [20, 30]
     assert results[0]["proposals"]["detections"] is None
-    per_roi = 256 * 7 * 7 * 1024 + 1024 * 1024 + 1024 * 8 + 1024 * 8 * 4
+    d, fc = cfg["model"]["fpn_channels"], cfg["model"]["box_head_dim"]  # TwoMLPHead + predictor (8 classes)
+    per_roi = d * 7 * 7 * fc + fc * fc + fc * 8 + fc * 8 * 4
     rpn = [r["by_part"]["rpn"]["macs"] for r in results]
     assert rpn[0] == rpn[1]
     assert results[1]["by_part"]["roi_heads"]["macs"] - results[0]["by_part"]["roi_heads"]["macs"] == 10 * per_roi
