@@ -121,9 +121,9 @@ def _miou_table(layout: Layout, dataset: str | None, rows: list[Row], reference:
         shows_gain = "paper_gain_seg.mIoU" in b.data
         for i, (row, gain) in enumerate(zip(rows, gains)):
             if gain is not None:
+                scored = f"this row is scored on {_dataset_words([row])}" if row.records else "this row has no record yet"
                 b.footnote(i, "paper Δ mIoU", f"the gain the paper states on {reference.seg_split(row.dataset)}, "
-                           "in mIoU points (its FPT over its own baseline); this row is scored on "
-                           f"{_dataset_words([row]) if row.records else 'its own split'}.")
+                           f"in mIoU points (its FPT over its own baseline); {scored}.")
         _p_column(b, rows, refs, ps, "p Δ mIoU", "p_delta_seg.mIoU")
     b.notes.append(_seg_notes(rows))
     if with_delta:
