@@ -16,8 +16,6 @@ from typing import Callable
 import torch
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
-from fptbench.errors import UsageError
-
 __all__ = ["build_model", "load_model", "set_train_sizes", "weights_digest"]
 
 

@@ -420,7 +420,6 @@ def _measure_segmenter(model: nn.Module, image: Tensor, *, device: torch.device,
                 return model.fpt(levels) if model.fpt is not None else levels
 
             neck_times = _time_ms(neck, runs=runs, warmup=warmup, device=device, label="neck", progress=progress)
-            del features
             _log(progress, "counting MACs (fvcore trace)")
             analysis = FlopAnalysis(model, (batch,))
             analysis.by_module()

@@ -7,7 +7,6 @@ submitit's local executor (train, evaluate, profile, record) and reads `fptbench
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
