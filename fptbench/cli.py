@@ -419,6 +419,11 @@ def _pretrain_args(parser: argparse.ArgumentParser) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pre-train (once) the trunk that CONFIG's model.backbone_pretrain names, or that CONFIG itself
     makes when it sets none; print where it is cached."""
+    reaching = {"data.root", "device", "model.backbone_pretrain"}  # what pretrain_config takes from CONFIG
+    ignored = [key for key, _ in args.overrides if key not in reaching]
+    if ignored:
+        raise UsageError(f"pretrain: --set {ignored[0]} would not reach the pre-training, whose recipe is its config "
+                         f"file (only {', '.join(sorted(reaching))} do): edit that file or name another one")
     cfg = _run_config(args)
     if not cfg["model"]["backbone_pretrain"]:
         cfg["model"]["backbone_pretrain"] = _config_name(args)

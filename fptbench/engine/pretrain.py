@@ -66,7 +66,7 @@ def pretrain_config(cfg: dict) -> dict:
     for key in keys:
         if pre["model"][key] != cfg["model"][key]:
             raise UsageError(f"model.backbone_pretrain: {name} has model.{key}={pre['model'][key]}, "
-                             f"this run model.{key}={cfg['model'][key]}: its trunk would not fit")
+                             f"this run model.{key}={cfg['model'][key]}: its weights would not fit")
     return pre
 
 

@@ -204,3 +204,12 @@ def test_a_killed_pretraining_resumes_to_the_same_trunk(tmp_path):
     for key in trunks[0]:
         assert torch.equal(trunks[0][key], trunks[1][key]), key
     shutil.rmtree(tmp_path / "killed")
+
+
+def test_cli_pretrain_refuses_overrides_that_would_not_reach_it(synth, tmp_path):
+    # The pre-training's recipe is its file: a --set of its schedule would be silently dropped.
+    cmd = [sys.executable, "-m", "fptbench", "pretrain", str(_recipe(tmp_path)), "--data-root", str(synth),
+           "--set", "train.max_iter", "5"]
+    done = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--set train.max_iter would not reach the pre-training" in done.stderr
+    assert not (synth / "pretrained").exists()
