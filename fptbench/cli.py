@@ -698,14 +698,15 @@ def _demo_trunk(matrix) -> None:
     cells then find it cached. Each cell would make it itself otherwise, the first one timed."""
     from fptbench.engine.pretrain import ensure_trunk
 
-    names = {cell.config["model"]["backbone_pretrain"] for cell in matrix.cells} - {""}
+    first: dict[str, dict] = {}  # one cell's config per pre-training
     for cell in matrix.cells:
-        if cell.config["model"]["backbone_pretrain"] in names:
-            names.discard(cell.config["model"]["backbone_pretrain"])
-            start = time.perf_counter()
-            trunk = ensure_trunk(cell.config, log=lambda m: print(f"demo: {m}"))
-            print(f"demo: trunk {'pre-trained' if trunk['pretrained_here'] else 'reused'}: {trunk['path']} "
-                  f"({time.perf_counter() - start:.0f} s)")
+        first.setdefault(cell.config["model"]["backbone_pretrain"], cell.config)
+    first.pop("", None)
+    for config in first.values():
+        start = time.perf_counter()
+        trunk = ensure_trunk(config, log=lambda m: print(f"demo: {m}"))
+        print(f"demo: trunk {'pre-trained' if trunk['pretrained_here'] else 'reused'}: {trunk['path']} "
+              f"({time.perf_counter() - start:.0f} s)")
 
 
 # ---------------------------------------------------------------------------------------------

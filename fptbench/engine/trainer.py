@@ -214,13 +214,10 @@ def _pretrained_trunk(cfg: dict, info: DistInfo, log: Callable[[str], None], *, 
     returns), pre-trained here first when a single process finds it missing; else None."""
     if not cfg["model"]["backbone_pretrain"]:
         return None
-    from fptbench.engine.pretrain import ensure_trunk, trunk_path
+    from fptbench.engine.pretrain import cached_trunk, ensure_trunk
 
-    if info.world_size > 1 and not trunk_path(cfg).exists():
-        # The pre-training is a single-process run of its own: not nested inside a DDP job.
-        name = cfg["model"]["backbone_pretrain"]
-        raise UsageError(f"{trunk_path(cfg)}: the trunk of model.backbone_pretrain={name} is not pre-trained yet; "
-                         f"make it first with `fptbench pretrain {name} --data-root {cfg['data']['root']}`")
+    if info.world_size > 1:
+        cached_trunk(cfg)  # the pre-training is a single-process run of its own, not nested in a DDP job
     return ensure_trunk(cfg, log=log, progress=progress and info.rank == 0)
 
 
