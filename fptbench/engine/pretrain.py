@@ -18,13 +18,12 @@ The cache lives under the data folder, keyed by a digest of what makes the trunk
     <data.root>/pretrained/<NAME>-<digest>.pth        its trunk, torchvision classification keys
     <data.root>/pretrained/<NAME>-<digest>.heads.pth  its ``rpn.*`` and ``roi_heads.*`` tensors
 
-``digest`` = sha256 of the pre-training config (resolved, with this run's ``data.root``; only the
-values that differ from the schema's defaults, so that a new key added to the schema with its
-default keeps the cache) and of the bytes of its training annotations: another recipe or other
-data is another file. The file is
-written atomically after the run ends, under a lock, so concurrent cells wait for one
-pre-training instead of repeating it; a killed pre-training resumes from its last checkpoint.
-"""
+``digest`` = sha256 of the pre-training config (resolved; only the values that differ from the
+schema's defaults and not ``data.root``, whose spelling may change, so that a new key added to
+the schema with its default keeps the cache) and of the bytes of its training annotations:
+another recipe or other data is another file. The file is written atomically after the run ends,
+under a lock, so concurrent cells wait for one pre-training instead of repeating it; a killed
+pre-training resumes from its last checkpoint. """
 
 from __future__ import annotations
 
@@ -77,14 +76,16 @@ def _annotations(cfg: dict) -> Path:
 
 
 def _recipe(pre: dict) -> dict[str, Any]:
-    """The values of a resolved config that differ from the schema defaults, by dotted key."""
+    """The values of a resolved config that differ from the schema defaults, by dotted key, but
+    ``data.root``: the cache lives in that folder, and its spelling (relative, absolute) is no
+    part of what the trunk learnt; the training annotations' bytes are digested instead."""
     from fptbench.config import flat_defaults
 
     defaults = flat_defaults()
     flat = {f"{section}.{key}" if isinstance(values, dict) else section: value
             for section, values in pre.items()
             for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
-    return {key: value for key, value in flat.items() if value != defaults.get(key)}
+    return {key: value for key, value in flat.items() if value != defaults.get(key) and key != "data.root"}
 
 
 def trunk_path(cfg: dict) -> Path:

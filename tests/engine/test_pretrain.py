@@ -115,6 +115,9 @@ def test_digest_follows_the_recipe_and_the_data(synth, tmp_path, monkeypatch):
     monkeypatch.setitem(config.SCHEMA, "train.new_key", config.Key(7, int, "added later"))
     assert "new_key" in _cfg(synth, two)["train"] and trunk_path(_cfg(synth, two)) == cached
     monkeypatch.undo()
+    # the data folder spelt another way is the same data (the digest covers its annotations' bytes)
+    monkeypatch.chdir(synth.parent)
+    assert trunk_path(_cfg(Path(synth.name), two)).resolve() == cached.resolve()
     # the cells' own seed and neck do not change the trunk they share
     assert trunk_path(_cfg(synth, two, seed=1, **{"fpt.st": False})) == trunk_path(_cfg(synth, two))
     assert trunk_path(_cfg(synth, three)) != trunk_path(_cfg(synth, two))
