@@ -23,7 +23,8 @@ schema's defaults and not ``data.root``, whose spelling may change, so that a ne
 the schema with its default keeps the cache) and of the bytes of its training annotations:
 another recipe or other data is another file. The file is written atomically after the run ends,
 under a lock, so concurrent cells wait for one pre-training instead of repeating it; a killed
-pre-training resumes from its last checkpoint. """
+pre-training resumes from its last checkpoint.
+"""
 
 from __future__ import annotations
 
