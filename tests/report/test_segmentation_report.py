@@ -35,7 +35,7 @@ from fptbench.report.segmentation import build_segmentation_tables
 from . import fixed_records
 
 TINY = [
-    ("model.fpn_channels", 16), ("gt.channels", 8), ("seg.ufp_kernels", "[1, 3]"),
+    ("model.fpn_channels", 16), ("gt.channels", 8), ("fpt.norm", "bn"), ("seg.ufp_kernels", "[1, 3]"),
     ("seg.crop_size", "[32, 32]"), ("seg.scale_range", "[0.5, 1.0]"), ("train.images_per_device", 2),
     ("train.max_iter", 1), ("train.warmup_iters", 1), ("train.checkpoint_period", 1000), ("train.log_period", 1000),
     ("data.num_workers", 0),
