@@ -205,7 +205,8 @@ def test_seed_test_command_line_evaluates_like_ours(seed_run):
 # ---------------------------------------------------------------------------------------------
 # semantic segmentation (model.task segmentation): data synth --seg -> train -> eval -> forward
 
-SEG_TINY = ["--set", "model.fpn_channels", "16", "--set", "gt.channels", "8", "--set", "seg.ufp_kernels", "[1, 3]",
+SEG_TINY = ["--set", "model.fpn_channels", "16", "--set", "gt.channels", "8", "--set", "fpt.norm", "bn",
+            "--set", "seg.ufp_kernels", "[1, 3]",
             "--set", "seg.crop_size", "[32, 32]", "--set", "train.max_iter", "2", "--set", "train.images_per_device", "2"]
 
 

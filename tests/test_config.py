@@ -633,7 +633,7 @@ def test_segmentation_rules_leave_detection_configs_alone():
 
 def test_poly_floor_is_below_the_base_learning_rate():
     assert error_of("synth_seg_r18_base", [("train.poly_min_lr", "0.5")]).endswith(
-        "train.poly_min_lr=0.5 must be <= train.base_lr=0.02 (the poly schedule decays from one to the other)")
+        "train.poly_min_lr=0.5 must be <= train.base_lr=0.01 (the poly schedule decays from one to the other)")
     assert load_config("synth_seg_r18_base", [("train.schedule", "step"), ("train.poly_min_lr", "0.5")])
 
 

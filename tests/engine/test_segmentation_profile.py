@@ -17,7 +17,7 @@ from fptbench.engine.model import build_model
 from fptbench.engine.profile import SEG_PARTS, SEG_TOP_PARTS, count_parameters, format_profile, profile_model
 
 SIZE = (64, 64)
-TINY = [("model.fpn_channels", 16), ("gt.channels", 8), ("seg.ufp_kernels", "[1, 3]")]
+TINY = [("model.fpn_channels", 16), ("gt.channels", 8), ("fpt.norm", "bn"), ("seg.ufp_kernels", "[1, 3]")]
 L = 8 * 8  # positions of a level: 64 px / output stride 8, squared
 
 

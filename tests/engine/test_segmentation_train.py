@@ -25,7 +25,7 @@ from fptbench.engine.segmenter import Segmenter
 from fptbench.errors import UsageError
 
 TINY = [
-    ("model.fpn_channels", 16), ("gt.channels", 8), ("seg.ufp_kernels", "[1, 3]"),
+    ("model.fpn_channels", 16), ("gt.channels", 8), ("fpt.norm", "bn"), ("seg.ufp_kernels", "[1, 3]"),
     ("seg.crop_size", "[32, 32]"), ("seg.scale_range", "[0.5, 1.0]"),
     ("train.images_per_device", 2), ("train.max_iter", 4), ("train.checkpoint_period", 2), ("train.warmup_iters", 1),
     ("train.log_period", 2), ("data.max_images", 4), ("data.num_workers", 0),

@@ -59,7 +59,7 @@ profile: {size: [64, 64], runs: 1, warmup: 0}
 axes:
   neck:
     base: {}
-    lgt: {fpt.st: true, fpt.gt: true, fpt.rt: true, fpt.fuse_init: identity, fpt.norm: none, gt.window: 3}
+    lgt: {fpt.st: true, fpt.gt: true, fpt.rt: true, fpt.norm: bn, gt.window: 3}
 """
 
 
