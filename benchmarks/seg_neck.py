@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.fpt_neck import _rss_kb  # noqa: E402  (the detection neck's benchmark: one /proc reader)
 from fptbench.config import load_config  # noqa: E402
 from fptbench.engine.machine import matmul_gflops  # noqa: E402
 from fptbench.modeling import grounding_transformer  # noqa: E402
@@ -135,14 +136,6 @@ def attention_flops(calls, mode: str) -> float:
     fwd = sum(2.0 * lq * lk * (d + dv) for lq, lk, d, dv in calls)
     bwd = sum(2.0 * lq * lk * (3 * d + 2 * dv) for lq, lk, d, dv in calls)
     return fwd if mode == "fwd" else fwd + bwd
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_case(config: str, size: int, mode: str) -> dict:
