@@ -61,7 +61,8 @@ class FeaturePyramidTransformer(nn.Module):
         fuse_init: "default" (torch's Conv2d initialisation) or "identity" [ours]: each fusion
             conv starts as the identity on its level's own input X_l and zero on the transformer
             outputs, so the neck starts as BFP (exactly, with norm "none") and the transformers'
-            contributions grow from zero, as GT's zero-initialised BN does [code].
+            contributions grow from zero, as GT's zero-initialised BN does [code]; GT's BN then
+            starts at BatchNorm's default instead (both at zero, GT would never learn).
         first_level: the name of level 0 is P(first_level).
         level_strides: stride of each level with respect to the image, finest first, each a
             power-of-2 multiple (1 included) of the previous one; None: 2^(first_level + i), the
@@ -155,6 +156,13 @@ class FeaturePyramidTransformer(nn.Module):
                 x_block = len(self.inputs[t]) - 1  # X_l is concatenated last
                 with torch.no_grad():
                     conv.weight[:, x_block * channels : (x_block + 1) * channels, 1, 1] = torch.eye(channels)
+            # GT's output BN starts at zero [code]; with its fusion weights at zero too, neither
+            # would ever get a gradient (each one's gradient is a product with the other), and GT
+            # would stay off for good. The fusion weights already start its contribution at zero,
+            # so here its BN takes BatchNorm's own start (weight 1, bias 0) [ours].
+            for module in self.gt.values():
+                nn.init.ones_(module.norm.weight)
+                nn.init.zeros_(module.norm.bias)
 
     @classmethod
     def from_config(

@@ -181,9 +181,25 @@ def test_identity_fusion_starts_as_the_input_pyramid():
     fpt = FeaturePyramidTransformer(C, norm="none", fuse_init="identity", gt_args=dict(inner_channels=16)).eval()
     feats = [t.float() for t in maps((1, C, 16, 20), (1, C, 8, 10), (1, C, 4, 5), (1, C, 2, 3))]
     assert all(torch.equal(a, b) for a, b in zip(fpt(feats), feats))
+    # Two SGD steps: each fusion block of a transformer gets a gradient at the first step, each
+    # transformer's own weights at the second; every parameter of the neck has moved. (GT's
+    # zero-initialised BN [code] and a zero fusion block would hold each other at zero for good.)
     fpt.train()
-    sum(o.square().mean() for o in fpt(feats)).backward()
-    assert fpt.fuse["p2"][0].weight.grad[:, :C].abs().sum() > 0  # the ST block of P2's fusion learns
+    start = {n: p.detach().clone() for n, p in fpt.named_parameters()}
+    opt = torch.optim.SGD(fpt.parameters(), lr=0.1)
+    for step in range(2):
+        opt.zero_grad()
+        sum(o.square().mean() for o in fpt(feats)).backward()
+        if step == 0:
+            for t, name in enumerate(fpt.names):
+                grad = fpt.fuse[name][0].weight.grad
+                for i, (kind, s) in enumerate(fpt.inputs[t][:-1]):
+                    assert grad[:, i * C : (i + 1) * C].abs().sum() > 0, f"{name}'s fusion block {i} ({kind} from {s})"
+        opt.step()
+    # (GT's value bias shifts every output channel by a constant, which its training-mode BN takes
+    # out again: zero gradient, whatever the start.)
+    frozen = [n for n, p in fpt.named_parameters() if torch.equal(p, start[n]) and not n.endswith("value.bias")]
+    assert not frozen, frozen
     with pytest.raises(ValueError, match="fuse_init"):
         FeaturePyramidTransformer(C, fuse_init="zeros")
 
