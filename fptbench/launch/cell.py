@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import submitit
 
 from fptbench.launch.lock import CELL_LOCK, FolderLock, process_alive
+from fptbench.launch.status import headline
 from fptbench.launch.state import ERROR_FILE, LAUNCH_FILE, RESULT_FILE, now_iso, read_json
 from fptbench.fileio import write_json_atomic
 
@@ -67,6 +69,9 @@ def _rank() -> tuple[int, int]:
 
 
 _OWNER_POLL_S = 1.0
+# Set when the watcher has interrupted the cell: an exception after that is the interruption's (a
+# KeyboardInterrupt that surfaced inside a library as its own error), not the cell's failure.
+_OWNER_GONE = threading.Event()
 _OWNER_GRACE_S = 20.0  # after the interrupt, how long the cell may take to stop before it is ended
 
 
@@ -76,13 +81,13 @@ def _stop_with_owner(owner: tuple[int, int | None]) -> None:
     process if it has not stopped within a grace period. The checkpoints stay; the next sweep
     resumes the cell. Without it a killed sweep's cells run on as orphans beside the next sweep's."""
     import _thread
-    import threading
     import time
 
     def watch() -> None:
         while process_alive(*owner):
             time.sleep(_OWNER_POLL_S)
         print(f"[fptbench] the sweep (pid {owner[0]}) has ended: stopping this cell", flush=True)
+        _OWNER_GONE.set()
         _thread.interrupt_main()
         time.sleep(_OWNER_GRACE_S)
         os._exit(143)
@@ -128,10 +133,13 @@ class CellRunner(submitit.helpers.Checkpointable):
                 "finished": now_iso(),
             }
             write_json_atomic(run_dir / RESULT_FILE, record)
-            headline = {kind: m.get("AP") for kind, m in record.get("metrics", {}).items()}
-            print(f"[fptbench] cell {spec.run_id} done: AP {headline} -> {run_dir / RESULT_FILE}", flush=True)
-            return {"run_id": spec.run_id, "metrics": headline}
+            name, score = headline(record)
+            shown = "-" if score is None else f"{score:.1f}"
+            print(f"[fptbench] cell {spec.run_id} done: {name or 'score'} {shown} -> {run_dir / RESULT_FILE}", flush=True)
+            return {"run_id": spec.run_id, "metrics": {name: score}}
         except Exception as err:
+            if _OWNER_GONE.is_set():  # stopped by its sweep's end: cancelled, as a Ctrl-C would leave it
+                raise KeyboardInterrupt(f"the sweep (pid {spec.owner[0]}) has ended") from err
             if rank == 0:
                 write_json_atomic(run_dir / ERROR_FILE, {
                     "run_id": spec.run_id, "job_id": _job_id(), "time": now_iso(),

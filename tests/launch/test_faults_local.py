@@ -15,14 +15,21 @@ from pathlib import Path
 import pytest
 
 from fptbench.launch.lock import CELL_LOCK, SWEEP_LOCK, is_locked, process_alive
-from tests.launch.workspace import REPO_ROOT, fptbench, make_workspace, status_rows
+from tests.launch.workspace import REPO_ROOT, fptbench, make_workspace, status_rows, write_matrix
 
 pytestmark = pytest.mark.slow  # each test trains a tiny cell (~20 s on 2 cores)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
-    return make_workspace(tmp_path_factory.mktemp("faults"))
+    work = make_workspace(tmp_path_factory.mktemp("faults"))
+    # The kill lands while the cell trains: its first checkpoint (iteration 2) is the cue, and a
+    # 6-iteration cell can finish (~0.3 s an iteration) before its watcher sees the sweep gone.
+    write_matrix(work, "tiny_long", f"    bfp: {{train.max_iter: {LONG_ITERS}}}\n")
+    return work
+
+
+LONG_ITERS = 30
 
 
 def _start(work: Path, *args: str) -> subprocess.Popen:
@@ -77,8 +84,8 @@ def test_two_sweeps_at_once_run_the_cell_once_and_a_third_waits_for_the_lock(wor
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_a_killed_sweep_leaves_no_cell_running_and_the_next_one_finishes_it(work, sig):
     results = ["--results", f"results-{sig.name}"]
-    root = work / f"results-{sig.name}" / "tiny_bfp"
-    sweep = _start(work, "sweep", "tiny_bfp", *results)
+    root = work / f"results-{sig.name}" / "tiny_long"
+    sweep = _start(work, "sweep", "tiny_long", *results)
     _wait_for(lambda: list(root.glob("*/checkpoints/model_0000002.pth")), "the first checkpoint", sweep)
     run_dir = _run_dir(root)
     (entry,) = json.loads((root / "sweep.json").read_text())["cells"].values()
@@ -93,12 +100,13 @@ def test_a_killed_sweep_leaves_no_cell_running_and_the_next_one_finishes_it(work
     _wait_for(lambda: not process_alive(*controller) and not is_locked(run_dir / CELL_LOCK) and _gone(cell_pid),
               "the cell to stop", timeout=60)
     assert not is_locked(root / SWEEP_LOCK)
-    assert (run_dir / "checkpoints" / "model_0000002.pth").exists()  # what was done stays
-    assert status_rows(fptbench(work, "status", "tiny_bfp", *results).stdout)[run_dir.name][0] == "cancelled"
-    again = fptbench(work, "sweep", "tiny_bfp", *results)
+    assert list((run_dir / "checkpoints").glob("model_*.pth"))  # what was done stays
+    status = fptbench(work, "status", "tiny_long", *results).stdout
+    assert status_rows(status)[run_dir.name][0] == "cancelled", status
+    again = fptbench(work, "sweep", "tiny_long", *results)
     assert again.returncode == 0, again.stdout + again.stderr[-2000:]
     record = json.loads((run_dir / "result.json").read_text())
-    assert record["launch"]["attempts"] == 2 and record["training"]["iterations"] == 6
+    assert record["launch"]["attempts"] == 2 and record["training"]["iterations"] == LONG_ITERS
 
 
 def _gone(pid: int) -> bool:
