@@ -595,7 +595,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     from fptbench.launch import format_status, sweep_status
 
     matrix = _load_matrix(args)
-    print(format_status(sweep_status(matrix, results=args.results, logs=args.lines), experiment=matrix.name))
+    segmentation = any(cell.config["model"]["task"] == "segmentation" for cell in matrix.cells)
+    print(format_status(sweep_status(matrix, results=args.results, logs=args.lines), experiment=matrix.name,
+                        metric_name="mIoU" if segmentation else "box AP"))
     return 0
 
 
@@ -642,6 +644,9 @@ def cmd_report(args: argparse.Namespace) -> int:
                                 formats=formats)
     if "ablation" in report["tables"]:
         print(report["tables"]["ablation"])
+    for name, table in report["tables"].items():  # a segmentation matrix: its mIoU table per dataset
+        if name.startswith("miou_"):
+            print(table)
     if matrix.reference and "design" in report["tables"]:  # its Δ against the matrix's reference row
         print(report["tables"]["design"])
     return 0

@@ -538,12 +538,15 @@ def format_plan(plan: Sequence[PlanItem], *, executor: str) -> str:
             + _count_line([item.status for item in plan]))
 
 
-def format_status(statuses: Sequence[CellStatus], *, experiment: str) -> str:
+def format_status(statuses: Sequence[CellStatus], *, experiment: str, metric_name: str = "box AP") -> str:
+    """The status table; its score column is named by the records' headline (box AP, mIoU), else
+    ``metric_name`` (the matrix's task: no record yet)."""
     rows = []
     for s in statuses:
         metric = "-" if s.metric is None else f"{s.metric:.1f}"
         rows.append([s.run_id, s.state, s.job_id or "-", _elapsed(s.elapsed_s), str(s.attempts), metric])
-    text = _table(["run id", "state", "job", "elapsed", "attempts", "box AP"], rows)
+    header = " / ".join(sorted({s.metric_name for s in statuses if s.metric_name})) or metric_name
+    text = _table(["run id", "state", "job", "elapsed", "attempts", header], rows)
     for s in statuses:
         if s.state in ("failed", "cancelled"):
             text += f"\n\n{s.state} {s.run_id}: {s.reason}"

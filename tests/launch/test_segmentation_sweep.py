@@ -13,6 +13,7 @@ import pytest
 
 from fptbench.launch.state import RESULT_FILE, SweepState, is_complete
 from fptbench.launch.status import cell_statuses, headline
+from fptbench.launch.sweep import format_status
 from tests.launch.workspace import fptbench, records, status_rows
 
 
@@ -42,6 +43,12 @@ def test_status_of_done_segmentation_and_detection_cells(tmp_path):
     assert (seg.state, seg.metric_name, seg.metric, seg.elapsed_s) == ("done", "mIoU", 41.25, 90.0)
     assert (det.state, det.metric_name, det.metric) == ("done", "box AP", 12.5)
     assert (none.state, none.metric_name, none.metric) == ("missing", "", None)
+    # the score column is named by the records' headlines, else by the matrix's task
+    header = lambda text: text.splitlines()[0].split()[6:]  # after run id, state, job, elapsed, attempts
+    assert header(format_status([seg, none], experiment="x")) == ["mIoU"]
+    assert header(format_status([seg, det], experiment="x")) == ["box", "AP", "/", "mIoU"]
+    assert header(format_status([none], experiment="x", metric_name="mIoU")) == ["mIoU"]
+    assert header(format_status([none], experiment="x")) == ["box", "AP"]
 
 
 MATRIX = """\
@@ -82,5 +89,13 @@ def test_a_segmentation_matrix_runs_through_the_local_executor(tmp_path):
     assert by_neck["lgt"]["profile"]["attention"]["macs"] > 0 == by_neck["base"]["profile"]["attention"]["macs"]
     status = fptbench(tmp_path, "status", "tiny_seg")
     rows = status_rows(status.stdout)
+    assert status.stdout.splitlines()[0].split()[-1] == "mIoU"
     for rid, record in found.items():
         assert rows[rid][0] == "done" and rows[rid][-1] == f"{record['metrics']['segmentation']['mIoU']:.1f}"
+    cell_log = "".join(p.read_text() for p in (tmp_path / "results" / "tiny_seg" / ".submitit").glob("*/*_log.out"))
+    for rid, record in found.items():
+        assert f"cell {rid} done: mIoU {record['metrics']['segmentation']['mIoU']:.1f} -> " in cell_log
+    report = fptbench(tmp_path, "report", "tiny_seg")
+    assert report.returncode == 0, report.stderr[-2000:]
+    (table,) = (tmp_path / "reports" / "tiny_seg" / "tables").glob("miou_*.md")  # one dataset
+    assert "baseline" in table.read_text() and table.read_text().strip() in report.stdout, report.stdout
