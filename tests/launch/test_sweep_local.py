@@ -113,24 +113,35 @@ def test_a_two_process_cell_trains_with_ddp_from_the_job_environment(local_sweep
 def test_interrupting_a_local_sweep_cancels_its_cell_and_the_next_sweep_resumes_it_exactly(local_sweep):
     """Ctrl-C on `fptbench sweep` (SIGINT to it): the running cell is cancelled (exit 130), status
     says so, and the next sweep resumes it from its checkpoint to the uninterrupted weights."""
+    import os
     import signal
     import subprocess
     import sys
     import time
 
+    from fptbench.launch.lock import CELL_LOCK
     from tests.launch.workspace import REPO_ROOT
 
     work, _ = local_sweep
     results = ["--results", "results-int"]
-    env = {**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "fptbench", "sweep", "tiny_bfp", *results], cwd=work, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     root = work / "results-int" / "tiny_bfp"
     deadline = time.monotonic() + 120
     while not list(root.glob("*/checkpoints/model_0000002.pth")):
         assert time.monotonic() < deadline and proc.poll() is None, "the cell did not reach its first checkpoint"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    # The cell is held (SIGSTOP) while the sweep gets its Ctrl-C, so that the interruption lands
+    # in training: its 4 remaining iterations (~1 s) could otherwise end before the cancel does.
+    (lock,) = root.glob(f"*/{CELL_LOCK}")
+    cell_pid = json.loads(lock.read_text())["pid"]
+    os.kill(cell_pid, signal.SIGSTOP)
+    try:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)  # the sweep cancels its job while the cell cannot run on
+    finally:
+        os.kill(cell_pid, signal.SIGCONT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err[-2000:]
     assert "interrupted; cancelled 1 running cell(s)" in out
