@@ -13,7 +13,11 @@ as, so without the handles below it would silently drop most of FPT's cost:
   the handle walks back through ``aten::pad`` / ``unsqueeze`` / ``expand`` to the unpadded
   widths and to the one V that the N heads share.
 * ``attention.impl: naive`` and LGT (``local_mos_attention``): ``aten::matmul`` for QK and AV,
-  which fvcore counts already; inside an attention module they are only relabelled.
+  which fvcore counts already; inside an attention module they are only relabelled. LGT between
+  levels of one resolution (s = 1) runs its QK as ``aten::linalg_vecdot`` and its AV as
+  ``aten::addcmul``, one per window offset; inside an attention module each counts one MAC per
+  element of its product (outside, vecdot counts so too and addcmul nothing, as fvcore's
+  elementwise ops).
 
 What "attention" counts [ours, the spec's minimal count, section "Computing mixture attention
 without the score matrix"]: the mathematical attention, the same whatever ``attention.impl``
@@ -38,10 +42,12 @@ The op label of all of it in ``by_operator()`` is :data:`ATTENTION`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections import Counter
 from typing import Any, Iterable, Optional
 
+import torch
 from torch import nn
 
 with warnings.catch_warnings():  # fvcore.nn scripts a loss at import: torch's deprecation warning
@@ -178,6 +184,22 @@ def _relabel_in(scopes: frozenset[str], op: str, handle):
     return count
 
 
+def _elementwise_attention(scopes: frozenset[str], op: str, factors: tuple[int, int], *, outside: bool):
+    """A handle for the s = 1 LGT's products: one MAC per element of the broadcast product of
+    the inputs at ``factors`` (``linalg_vecdot(x, y, dim)``: (0, 1); ``addcmul(out, a, b)``:
+    (1, 2)), labelled ATTENTION inside an attention scope; outside, the same count under ``op``
+    (``outside``) or nothing."""
+
+    def count(inputs: list, outputs: list) -> Counter:
+        shapes = (tuple(get_shape(inputs[i])) for i in factors)
+        macs = math.prod(torch.broadcast_shapes(*shapes))
+        if _scope(outputs) in scopes:
+            return Counter({ATTENTION: macs})
+        return Counter({op: macs}) if outside else Counter()
+
+    return count
+
+
 class FlopAnalysis(FlopCountAnalysis):
     """fvcore's FlopCountAnalysis with fptbench's attention handles, quiet.
 
@@ -205,6 +227,8 @@ class FlopAnalysis(FlopCountAnalysis):
                 "aten::mm": _relabel_in(scopes, "mm", matmul_flop_jit),
                 "aten::bmm": _relabel_in(scopes, "bmm", bmm_flop_jit),
                 "aten::einsum": _relabel_in(scopes, "einsum", einsum_flop_jit),
+                "aten::linalg_vecdot": _elementwise_attention(scopes, "vecdot", (0, 1), outside=True),
+                "aten::addcmul": _elementwise_attention(scopes, "addcmul", (1, 2), outside=False),
                 "prim::CallFunction": self._record_script_call,
             }
         )

@@ -121,6 +121,9 @@ def _local(q: Tensor, k: Tensor, v: Tensor, pi: Tensor, stride: int, window: int
     qn = qn * scale
     dd = qn.shape[-1]
 
+    if stride == 1 and (Hf, Wf) == (Hc, Wc):
+        return _local_same_size(qn, kn, v, pi, window)
+
     # Key and value windows per coarse cell; zero padding gives the zero keys and values.
     k_win = F.unfold(kn.permute(0, 1, 4, 2, 3).reshape(B * N, dd, Hc, Wc), window, padding=window // 2)
     k_win = k_win.reshape(B, N, dd, w2, Hc, Wc).permute(0, 4, 5, 1, 2, 3)  # (B, Hc, Wc, N, dd, w2)
@@ -140,3 +143,29 @@ def _local(q: Tensor, k: Tensor, v: Tensor, pi: Tensor, stride: int, window: int
 
     out = out.reshape(B, Hc, Wc, gh, gw, Dv).permute(0, 5, 1, 3, 2, 4).reshape(B, Dv, Hc * gh, Wc * gw)
     return out[:, :, sy][:, :, :, sx]
+
+
+def _local_same_size(qn: Tensor, kn: Tensor, v: Tensor, pi: Tensor, window: int) -> Tensor:
+    """The s = 1 case (levels of one resolution, the pixel-level pyramid [paper]): each query's
+    window is centred on its own position. The general path would run B*H*W*N one-row matrix
+    products, which CPU BLAS runs at a small fraction of its rate, over window^2 unfolded copies
+    of the keys and values; here each of the window^2 offsets is one product and sum over shifted
+    views of the zero-padded maps, and nothing larger than one map is made (the scores are
+    (B, N, window^2, H, W)). Same numbers as the general path (tests/ops/test_local_attention.py).
+
+    qn, kn: (B, N, H, W, dd), scaled and (Euclidean) augmented as the general path makes them;
+    v: (B, Dv, H, W); pi: (B, N). Returns (B, Dv, H, W)."""
+    B, N, H, W, _ = qn.shape
+    r = window // 2
+    q = qn.permute(0, 1, 4, 2, 3)  # (B, N, dd, H, W)
+    kp = F.pad(kn.permute(0, 1, 4, 2, 3), (r, r, r, r))
+    vp = F.pad(v, (r, r, r, r))
+    offsets = [(dy, dx) for dy in range(window) for dx in range(window)]  # unfold's order
+    # vecdot (QK) and addcmul (AV): fptbench.engine.flops counts these two as the attention.
+    scores = torch.stack([torch.linalg.vecdot(q, kp[..., dy : dy + H, dx : dx + W], dim=2) for dy, dx in offsets], dim=2)
+    attn = torch.softmax(scores, dim=2)  # (B, N, w2, H, W)
+    mixed = torch.einsum("bn,bnohw->bohw", pi.to(attn.dtype), attn)  # (B, w2, H, W)
+    out = v.new_zeros(v.shape)
+    for o, (dy, dx) in enumerate(offsets):
+        out = torch.addcmul(out, mixed[:, o : o + 1], vp[..., dy : dy + H, dx : dx + W])
+    return out
