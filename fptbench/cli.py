@@ -727,8 +727,8 @@ def _data_args(parser: argparse.ArgumentParser) -> None:
     synth.add_argument("--size", type=int, default=128, metavar="S", help="image side, pixels (default 128)")
     synth.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
     synth.add_argument("--seg", action="store_true",
-                       help="the semantic segmentation set instead: images/ and labels/ (the synth_seg_* configs' "
-                            "data.root, data/synth_seg)")
+                       help="the semantic segmentation set instead: images/ and labels/; the synth_seg_* configs "
+                            "read it beside the detection set (same --out, data/synth, and arguments)")
 
 
 def cmd_data(args: argparse.Namespace) -> int:

@@ -293,6 +293,44 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise UsageError(f"data synth: --{name} expects an integer {bound}, got {value!r}")
 
 
+def _check_shared(out: Path, *, seg: bool, train: int, val: int, size: int, seed: int) -> None:
+    """Refuse to write one task's set into a folder that holds the other's with other arguments.
+
+    The detection set (``annotations/``) and the segmentation labels (``labels/``, ``classes.json``)
+    share ``images/`` when written with the same arguments (the synth_seg configs' trunk pre-trains
+    on the detection set of their data.root); other arguments would replace the images under the
+    other set's annotations or labels.
+    """
+    try:
+        if seg:
+            found = out / "annotations" / "instances_train.json"
+            if not found.exists():
+                return
+            info = json.loads(found.read_bytes())["info"]
+            theirs = {"seed": info["seed"], "size": info["size"]}
+            for split, _ in SPLITS:
+                path = out / "annotations" / f"instances_{split}.json"
+                theirs[split] = len(json.loads(path.read_bytes())["images"]) if path.exists() else None
+            other = "detection set (annotations/)"
+        else:
+            found = out / "classes.json"
+            if not found.exists():
+                return
+            info = json.loads(found.read_bytes())
+            theirs = {"seed": info["seed"], "size": info["size"]}
+            for split, _ in SPLITS:
+                theirs[split] = len(list((out / "labels" / split).glob("*.png")))
+            other = "segmentation labels (labels/)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # not a set written here: nothing to keep consistent
+    ours = {"seed": seed, "size": size, "train": train, "val": val}
+    differ = [f"--{key} {theirs[key]}" for key in ("train", "val", "size", "seed")
+              if theirs[key] is not None and theirs[key] != ours[key]]
+    if differ:
+        raise UsageError(f"{out}: holds the synthetic {other} of {', '.join(differ)}; this one would replace its "
+                         f"images: write it with those values, or into another --out")
+
+
 def write_synth(out_dir: str | Path, *, train: int = 200, val: int = 50, size: int = 128, seed: int = 0) -> dict:
     """Write the synthetic dataset (see the module docstring) into ``out_dir``.
 
@@ -309,13 +347,15 @@ def write_synth(out_dir: str | Path, *, train: int = 200, val: int = 50, size: i
         (annotations with visible < 1), "per_category": {name: count}}, "val": {...}}``.
 
     Raises:
-        UsageError: an argument out of range, or ``out_dir`` cannot be written.
+        UsageError: an argument out of range, ``out_dir`` cannot be written, or it holds the
+            segmentation labels of :func:`write_synth_seg` with other arguments (the shared images).
     """
     _check_int("train", train, 1)
     _check_int("val", val, 1)
     _check_int("size", size, MIN_SIZE, MAX_SIZE)
     _check_int("seed", seed, 0)
     out = Path(out_dir)
+    _check_shared(out, seg=False, train=train, val=val, size=size, seed=seed)
     names = {c["id"]: c["name"] for c in CATEGORIES}
     summary: dict[str, Any] = {
         "out_dir": str(out), "seed": seed, "size": size, "num_classes": NUM_CLASSES,
@@ -379,7 +419,9 @@ def write_synth_seg(out_dir: str | Path, *, train: int = 200, val: int = 50, siz
                                                      "ignore_index": 255, "seed", "size", "version"}
 
     The images are drawn as :func:`write_synth` draws them (the same generator and seeds), so
-    with the same arguments both can share ``out_dir``. Class ids are the COCO category ids,
+    with the same arguments both can share ``out_dir`` (the synth_seg configs' data.root, whose
+    detection annotations pre-train their trunk); with others, each refuses to write into a folder
+    that holds the other's set. Class ids are the COCO category ids,
     0 the background: ``model.num_classes`` is :data:`NUM_CLASSES` in both tasks. No pixel is
     ignored (255 never appears).
 
@@ -396,13 +438,15 @@ def write_synth_seg(out_dir: str | Path, *, train: int = 200, val: int = 50, siz
         count}}, "val": {...}}``.
 
     Raises:
-        UsageError: an argument out of range, or ``out_dir`` cannot be written.
+        UsageError: an argument out of range, ``out_dir`` cannot be written, or it holds the
+            detection set of :func:`write_synth` with other arguments (the shared images).
     """
     _check_int("train", train, 1)
     _check_int("val", val, 1)
     _check_int("size", size, MIN_SIZE, MAX_SIZE)
     _check_int("seed", seed, 0)
     out = Path(out_dir)
+    _check_shared(out, seg=True, train=train, val=val, size=size, seed=seed)
     classes = ["background"] + [c["name"] for c in CATEGORIES]
     summary: dict[str, Any] = {"out_dir": str(out), "seed": seed, "size": size, "num_classes": NUM_CLASSES,
                                "classes": classes, "splits": {}}

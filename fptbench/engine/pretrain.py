@@ -6,6 +6,12 @@ training run (e.g. ``synth_r18_pretrain``: BFP Mask R-CNN on the same synthetic 
 made once and reused by every cell, seed and later run, so that the cells of an ablation differ
 only in the neck (and in what their seed draws), as in the paper.
 
+A segmentation config (``model.task: segmentation``) takes the same trunk into its dilated ResNet
+(:func:`~fptbench.engine.model.load_model`; dilation changes no key or shape, and every trunk
+tensor must be in the file). Its pre-training reads the COCO annotations of the detection set, so
+the synthetic segmentation labels live beside them, in the same ``data.root``
+(``fptbench data synth --out D`` and ``fptbench data synth --seg --out D``: the same images).
+
 With ``model.pretrain_heads`` the run also starts its RPN and RoI heads from that run [ours]: the
 pyramid (FPN) and the transformers, the neck that the cells compare, always start fresh. On the
 synthetic data, 100 fine-tuning iterations from the trunk alone reached box AP 11.3 / mask AP 7.3,
@@ -102,7 +108,12 @@ def trunk_path(cfg: dict) -> Path:
     try:
         data = hashlib.sha256(annotations.read_bytes()).hexdigest()
     except OSError as err:
-        raise UsageError(f"{annotations}: cannot read the pre-training annotations: {err.strerror}") from None
+        root = Path(cfg["data"]["root"])
+        hint = ""
+        if (root / "classes.json").exists():  # the synthetic segmentation set (write_synth_seg), not its COCO files
+            hint = (f"; this folder holds the synthetic segmentation labels: write the detection set's annotations "
+                    f"beside them with `fptbench data synth --out {root}` (the --seg set's --train/--val/--size/--seed)")
+        raise UsageError(f"{annotations}: cannot read the pre-training annotations: {err.strerror}{hint}") from None
     digest = hashlib.sha256(f"{config_hash(_recipe(pre))}:{data}".encode()).hexdigest()[:12]
     name = Path(cfg["model"]["backbone_pretrain"]).stem
     return Path(cfg["data"]["root"]) / PRETRAINED_DIR / f"{name}-{digest}.pth"

@@ -342,8 +342,11 @@ def segmentation_model(
     if head not in HEADS:
         raise ValueError(f"head: {head!r} is not one of {', '.join(HEADS)}")
     body = dilated_resnet(name=backbone, output_stride=output_stride, norm=backbone_norm, stride_in_1x1=stride_in_1x1)
-    # Seam for pretrained weights: a local ImageNet checkpoint loads into `body` here, before
-    # freezing; its keys are torchvision's classification keys (`fc.*` unused).
+    # Pretrained weights load after the build, into the model's `backbone` (this `body` without
+    # avgpool and fc): fptbench.engine.model.load_model reads model.backbone_weights (an ImageNet
+    # file) or the cached trunk of model.backbone_pretrain, in torchvision's classification keys,
+    # strictly (fptbench.weights.load_backbone_weights: every trunk tensor, `fc.*` skipped). The
+    # dilation changes no key or shape. Freezing by requires_grad is unaffected by the copy.
     freeze_layers(body, trainable_layers)
     in_channels = stage_channels(body)
     if pyramid == "ufp":

@@ -328,3 +328,25 @@ def test_synth_seg_summary_and_classes(synth_pair):
 def test_synth_seg_bad_argument(tmp_path):
     with pytest.raises(UsageError, match="--size expects an integer in 64..4096"):
         write_synth_seg(tmp_path, size=8)
+
+
+def test_both_synthetic_sets_share_a_folder_with_the_same_arguments(tmp_path):
+    # The synth_seg configs' data.root is the detection set's folder (their trunk pre-trains on its
+    # annotations): the labels go beside it, over the same images, and other arguments are refused.
+    root = tmp_path / "synth"
+    write_synth(root, train=3, val=1, size=64, seed=0)
+    images = {p: p.read_bytes() for p in sorted((root / "images").rglob("*.png"))}
+    annotations = (root / "annotations" / "instances_train.json").read_bytes()
+    write_synth_seg(root, train=3, val=1, size=64, seed=0)
+    assert {p: p.read_bytes() for p in sorted((root / "images").rglob("*.png"))} == images
+    assert len(segmentation_dataset(root, "synth_seg_train")) == 3
+    write_synth(root, train=3, val=1, size=64, seed=0)  # again, over both: allowed, the same bytes
+    assert (root / "annotations" / "instances_train.json").read_bytes() == annotations
+    for kwargs, named in (({"seed": 1}, "--seed 0"), ({"size": 96}, "--size 64"), ({"train": 5}, "--train 3")):
+        with pytest.raises(UsageError) as err:
+            write_synth_seg(root, **{"train": 3, "val": 1, "size": 64, "seed": 0, **kwargs})
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"{root}: holds the synthetic detection set") and named in message
+        with pytest.raises(UsageError, match=f"holds the synthetic segmentation labels .*{named}"):
+            write_synth(root, **{"train": 3, "val": 1, "size": 64, "seed": 0, **kwargs})
+    assert {p: p.read_bytes() for p in sorted((root / "images").rglob("*.png"))} == images  # untouched

@@ -216,3 +216,96 @@ def test_cli_pretrain_refuses_overrides_that_would_not_reach_it(synth, tmp_path)
     done = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--set train.max_iter would not reach the pre-training" in done.stderr
     assert not (synth / "pretrained").exists()
+
+
+# --- segmentation: the same trunk in the dilated ResNet of a segmentation model ------------------
+
+SEG_TINY = [
+    ("model.fpn_channels", 16), ("gt.channels", 8), ("fpt.norm", "bn"), ("seg.ufp_kernels", "[1, 3]"),
+    ("seg.crop_size", "[32, 32]"), ("seg.scale_range", "[0.5, 1.0]"), ("train.images_per_device", 2),
+    ("train.max_iter", 1), ("train.warmup_iters", 1), ("train.checkpoint_period", 1000),
+    ("train.log_period", 1000), ("data.num_workers", 0), ("data.max_images", 2),
+    ("model.backbone_pretrain", ""),  # the configs' synth_r18_pretrain; each test sets what it loads
+]
+
+
+def _seg_cfg(root: Path, name: str = "synth_seg_r18_fpt", **extra) -> dict:
+    return load_config(name, SEG_TINY + [("data.root", str(root)), *extra.items()])
+
+
+def test_a_segmentation_run_starts_from_the_cached_trunk_and_records_it(synth, tmp_path):
+    # The detection set and the segmentation labels share one folder (same write_synth args: same images).
+    from fptbench.data.synth import write_synth_seg
+
+    write_synth_seg(synth, train=8, val=2, size=64, seed=0)
+    cfg = _seg_cfg(synth, **{"model.backbone_pretrain": str(_recipe(tmp_path))})
+    summary = train(cfg, tmp_path / "seg", progress=False, save=False)  # pre-trains first: nothing cached yet
+    trunk = summary["training"]["pretrained_trunk"]  # named in the record as detection records name it
+    path = Path(trunk["path"])
+    assert trunk["pretrained_here"] and path.parent == synth / "pretrained" and path.name.startswith("pre2-")
+    assert path == trunk_path(_cfg(synth, _recipe(tmp_path)))  # the detection configs' trunk, not a second one
+    assert summary["metrics"]["segmentation"]["mIoU"] is not None
+
+    # Every trunk tensor, and nothing else, goes into the dilated trunk (keys `backbone.` + torchvision's).
+    tensors = torch.load(path, weights_only=True)
+    model = load_model(cfg, pretrained=True)
+    state = model.state_dict()
+    assert {k[len("backbone."):] for k in state if k.startswith("backbone.")} == set(tensors)
+    for key, value in tensors.items():
+        assert torch.equal(state[f"backbone.{key}"], value), key
+    assert model.backbone.layer4[1].conv2.dilation == (4, 4)  # still the a-trous trunk at output stride 8
+    fresh = load_model(cfg).state_dict()  # without pretrained=True: a fresh trunk
+    assert not torch.equal(fresh["backbone.layer1.0.conv1.weight"], tensors["layer1.0.conv1.weight"])
+
+
+def _resnet18_file(tmp_path: Path, edit=None) -> tuple[Path, dict]:
+    """A torchvision ResNet-18 classification state_dict (random weights, fc included) as a file."""
+    torch.manual_seed(3)
+    state = resnet18().state_dict()
+    if edit is not None:
+        edit(state)
+    path = tmp_path / "trunk.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_a_segmentation_trunk_gets_exactly_the_files_tensors(tmp_path):
+    path, state = _resnet18_file(tmp_path)
+    model = load_model(_seg_cfg(tmp_path, **{"model.backbone_weights": str(path)}), pretrained=True)
+    loaded = model.backbone.state_dict()
+    assert set(loaded) == set(state) - {"fc.weight", "fc.bias"}  # the classifier is no part of the trunk
+    for key, value in loaded.items():
+        assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize("edit, named", [
+    (lambda s: s.pop("layer3.1.bn2.running_var"), "1 missing from the file (layer3.1.bn2.running_var)"),
+    (lambda s: s.update({"backbone.conv1.weight": s.pop("conv1.weight")}), "not in the model (backbone.conv1.weight)"),
+    (lambda s: s.update({"layer4.0.conv1.weight": s["layer4.0.conv1.weight"][:, :128]}),
+     "shapes differ (layer4.0.conv1.weight: file (512, 128, 3, 3) vs model (512, 256, 3, 3))"),
+], ids=["missing", "renamed", "shape"])
+def test_a_trunk_file_that_does_not_fit_the_segmentation_trunk_is_one_line(tmp_path, edit, named):
+    path, _ = _resnet18_file(tmp_path, edit)
+    cfg = _seg_cfg(tmp_path, **{"model.backbone_weights": str(path)})
+    with pytest.raises(UsageError) as err:
+        load_model(cfg, pretrained=True)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: does not fit the model's trunk") and named in message
+
+
+def test_pretrain_heads_is_refused_for_segmentation(tmp_path):
+    # The RPN and RoI heads of the pre-training run have no counterpart in a segmentation model.
+    with pytest.raises(UsageError) as err:
+        _seg_cfg(tmp_path, **{"model.backbone_pretrain": "synth_r18_pretrain", "model.pretrain_heads": True})
+    message = str(err.value)
+    assert "\n" not in message and "model.pretrain_heads=true" in message and "segmentation model has none" in message
+
+
+def test_a_segmentation_folder_without_the_detection_annotations_names_the_command(tmp_path):
+    from fptbench.data.synth import write_synth_seg
+
+    write_synth_seg(tmp_path / "seg", train=2, val=1, size=64, seed=0)
+    cfg = _seg_cfg(tmp_path / "seg", **{"model.backbone_pretrain": "synth_r18_pretrain"})
+    with pytest.raises(UsageError, match=r"instances_train.json: cannot read the pre-training annotations.*"
+                                         r"`fptbench data synth --out .*seg`"):
+        trunk_path(cfg)
