@@ -29,6 +29,7 @@ TINY = [
     ("seg.crop_size", "[32, 32]"), ("seg.scale_range", "[0.5, 1.0]"),
     ("train.images_per_device", 2), ("train.max_iter", 4), ("train.checkpoint_period", 2), ("train.warmup_iters", 1),
     ("train.log_period", 2), ("data.max_images", 4), ("data.num_workers", 0),
+    ("model.backbone_pretrain", ""),  # a fresh trunk: no pre-training (tests/engine/test_pretrain.py has it)
 ]
 
 

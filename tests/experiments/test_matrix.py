@@ -413,7 +413,8 @@ def test_demo_segmentation_cells_are_the_synthetic_configs():
         (n, s) for n in ("base", "fpt", "lgt") for s in (0, 1)]
     for cell in matrix.cells:
         assert cell.config == load_config(f"synth_seg_r18_{cell.axes['neck']}", [("seed", cell.axes["seed"])])
-        assert cell.config["data"]["root"] == "data/synth_seg" and cell.config["model"]["task"] == "segmentation"
+        assert cell.config["data"]["root"] == "data/synth" and cell.config["model"]["task"] == "segmentation"
+        assert cell.config["model"]["backbone_pretrain"] == "synth_r18_pretrain"  # the detection cells' trunk
 
 
 def test_paper_segmentation_dry_run_lists_its_12_cells(run_cli):

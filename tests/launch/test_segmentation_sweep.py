@@ -56,6 +56,7 @@ description: launcher test, segmentation
 base: synth_seg_r18_base
 set:
   model.fpn_channels: 16
+  model.backbone_pretrain: ""   # a fresh trunk: no pre-training
   gt.channels: 8
   seg.ufp_kernels: [1, 3]
   seg.crop_size: [64, 64]
@@ -74,7 +75,7 @@ axes:
 def test_a_segmentation_matrix_runs_through_the_local_executor(tmp_path):
     from fptbench.data.synth import write_synth_seg
 
-    write_synth_seg(tmp_path / "data" / "synth_seg", train=4, val=2, size=64, seed=0)
+    write_synth_seg(tmp_path / "data" / "synth", train=4, val=2, size=64, seed=0)
     (tmp_path / "experiments").mkdir()
     (tmp_path / "experiments" / "tiny_seg.yaml").write_text(MATRIX)
     sweep = fptbench(tmp_path, "sweep", "tiny_seg")

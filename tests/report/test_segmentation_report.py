@@ -38,7 +38,7 @@ TINY = [
     ("model.fpn_channels", 16), ("gt.channels", 8), ("fpt.norm", "bn"), ("seg.ufp_kernels", "[1, 3]"),
     ("seg.crop_size", "[32, 32]"), ("seg.scale_range", "[0.5, 1.0]"), ("train.images_per_device", 2),
     ("train.max_iter", 1), ("train.warmup_iters", 1), ("train.checkpoint_period", 1000), ("train.log_period", 1000),
-    ("data.num_workers", 0),
+    ("data.num_workers", 0), ("model.backbone_pretrain", ""),  # a fresh trunk: no pre-training
 ]
 NECKS = {"base": "baseline", "fpt": "+FPT (GT)", "lgt": "+FPT (LGT)"}
 
