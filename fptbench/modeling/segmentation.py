@@ -174,6 +174,20 @@ def pyramid_strides(*, pyramid: str, output_stride: int, num_levels: int) -> tup
     return tuple(strides)
 
 
+class _PaddedConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and keys) that zero-pads explicitly on the CPU: torch 2.14.1's
+    oneDNN backward of a (k x 1) conv with padding k // 2 corrupts the heap and aborts the
+    process for k >= 23 on maps of 10 to (k + 1) / 2 pixels (the paper's 31-tap GCN convs on
+    crops of about 73 to 128 px); an unpadded conv of the padded map gives the same numbers and
+    does not (tests/modeling/test_segmentation.py). On other devices: nn.Conv2d itself."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.device.type != "cpu" or self.padding == (0, 0):
+            return super().forward(x)
+        ph, pw = self.padding
+        return F.conv2d(F.pad(x, (pw, pw, ph, ph)), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
 class GlobalConvBlock(nn.Module):
     """Global convolutional network (GCN) block, Peng et al. 2017 ("Large Kernel Matters", Fig. 2).
 
@@ -195,12 +209,12 @@ class GlobalConvBlock(nn.Module):
             raise ValueError(f"GlobalConvBlock: kernel_size must be odd, got {kernel_size}")
         k, p = kernel_size, kernel_size // 2
         self.left = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, (k, 1), padding=(p, 0)),
-            nn.Conv2d(out_channels, out_channels, (1, k), padding=(0, p)),
+            _PaddedConv2d(in_channels, out_channels, (k, 1), padding=(p, 0)),
+            _PaddedConv2d(out_channels, out_channels, (1, k), padding=(0, p)),
         )
         self.right = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, (1, k), padding=(0, p)),
-            nn.Conv2d(out_channels, out_channels, (k, 1), padding=(p, 0)),
+            _PaddedConv2d(in_channels, out_channels, (1, k), padding=(0, p)),
+            _PaddedConv2d(out_channels, out_channels, (k, 1), padding=(p, 0)),
         )
 
     def forward(self, x: Tensor) -> Tensor:

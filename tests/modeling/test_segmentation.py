@@ -5,6 +5,10 @@ eval mode make the comparisons with hand-written references exact up to rounding
 """
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -153,6 +157,28 @@ def test_gcn_block_is_the_sum_of_two_separable_branches():
     assert [c.kernel_size for c in gcn.right] == [(1, 5), (5, 1)]
     expected = conv(conv(x, gcn.left[0]), gcn.left[1]) + conv(conv(x, gcn.right[0]), gcn.right[1])
     torch.testing.assert_close(gcn(x), expected)
+
+
+def test_gcn_backward_on_the_maps_that_abort_torchs_cpu_conv():
+    # torch 2.14.1 / oneDNN: the backward of Conv2d(C, C, (31, 1), padding=(15, 0)) on a 12-px map
+    # corrupts the heap and aborts the process (measured for 64 and 256 channels, batch 1 and 8).
+    # The block pads explicitly on the CPU; a child process, so that an abort fails this test only.
+    code = (
+        "import torch\n"
+        "from fptbench.modeling.segmentation import GlobalConvBlock\n"
+        "gcn = GlobalConvBlock(64, 64, 31)\n"
+        "x = torch.randn(8, 64, 12, 12, requires_grad=True)\n"
+        "for _ in range(3):\n"
+        "    gcn(x).sum().backward()\n"
+        "ref = torch.nn.Conv2d(64, 64, (31, 1), padding=(15, 0))\n"
+        "ref.load_state_dict(gcn.left[0].state_dict())\n"
+        "y = torch.randn(2, 64, 40, 9)\n"  # a size where torch's own padding is safe
+        "torch.testing.assert_close(gcn.left[0](y), ref(y))\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
 def test_ufp_levels_share_c5s_resolution():
