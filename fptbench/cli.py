@@ -710,8 +710,8 @@ def _demo_trunk(matrix) -> None:
     for config in first.values():
         start = time.perf_counter()
         trunk = ensure_trunk(config, log=lambda m: print(f"demo: {m}"))
-        print(f"demo: trunk {'pre-trained' if trunk['pretrained_here'] else 'reused'}: {trunk['path']} "
-              f"({time.perf_counter() - start:.0f} s)")
+        if not trunk["pretrained_here"]:  # a pre-training says its own time and path
+            print(f"demo: trunk reused: {trunk['path']} ({time.perf_counter() - start:.0f} s)")
 
 
 # ---------------------------------------------------------------------------------------------
