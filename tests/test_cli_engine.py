@@ -207,7 +207,8 @@ def test_seed_test_command_line_evaluates_like_ours(seed_run):
 
 SEG_TINY = ["--set", "model.fpn_channels", "16", "--set", "gt.channels", "8", "--set", "fpt.norm", "bn",
             "--set", "seg.ufp_kernels", "[1, 3]",
-            "--set", "seg.crop_size", "[32, 32]", "--set", "train.max_iter", "2", "--set", "train.images_per_device", "2"]
+            "--set", "seg.crop_size", "[32, 32]", "--set", "train.max_iter", "2", "--set", "train.images_per_device", "2",
+            "--set", "model.backbone_pretrain", "''"]  # a fresh trunk: the synth_seg configs fine-tune a pre-trained one
 
 
 @pytest.fixture(scope="module")
@@ -250,8 +251,10 @@ def test_forward_of_a_segmentation_config(seg_run):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["train", "synth_seg_r18_base", "--output", "{tmp}/x", "--data-root", "{tmp}/nowhere"],
-     "{tmp}/nowhere/images/train: folder not found"),
+    (["train", "synth_seg_r18_base", "--output", "{tmp}/x", "--data-root", "{tmp}/nowhere", "--set",
+      "model.backbone_pretrain", "''"], "{tmp}/nowhere/images/train: folder not found"),
+    (["train", "synth_seg_r18_base", "--output", "{tmp}/x", "--data-root", "{tmp}/nowhere"],  # its trunk's data
+     "{tmp}/nowhere/annotations/instances_train.json: cannot read the pre-training annotations"),
     (["infer", "synth_seg_r18_base", "--ckpt", "{tmp}/run/checkpoints/last.pth", "--images", "{data}/images/val",
       "--output", "{tmp}/y"], "infer draws detections, and synth_seg_r18_base is a segmentation config"),
     (["train", "synth_seg_r18_base", "--output", "{tmp}/x", "--set", "seg.crop_size", "[16, 16]"],
