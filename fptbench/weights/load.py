@@ -195,7 +195,7 @@ def norm_warning(trunk: nn.Module) -> Optional[str]:
     """A warning line when pretrained statistics go into a trunk that will re-estimate them."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in trunk.modules()):
         return ("the trunk normalises with nn.BatchNorm2d (model.backbone_norm bn): in training its "
-                "pretrained statistics are replaced by those of small detection batches; torchvision "
+                "pretrained statistics are replaced by those of small training batches; torchvision "
                 "freezes them with pretrained weights (model.backbone_norm frozen_bn)")
     return None
 
