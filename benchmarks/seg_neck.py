@@ -25,8 +25,9 @@ per query, the out-of-map (zero-padded) ones included because they are computed,
 
 Known [torch 2.14.1, oneDNN 3.12, CPU]: the backward of a Conv2d(256, 256, (31, 1), padding (15, 0))
 on a 1 x 256 x h x h map aborts (heap corruption or segfault) for h = 10..16 and runs for h <= 8
-and h >= 17, and runs with ``torch.backends.mkldnn`` off. So fwd+bwd of this neck aborts for
-crops of about 73 to 128 px (C5 of 10 to 16 px); the warm-up is sized to stay clear of it.
+and h >= 17, and runs with ``torch.backends.mkldnn`` off. The GCN blocks therefore pad
+explicitly on the CPU (``fptbench.modeling.segmentation._PaddedConv2d``, the same numbers), which
+does not abort; the warm-up is still sized to stay clear of those maps.
 
     python benchmarks/seg_neck.py                      # 769 x 769, the paper's Cityscapes crop (several minutes on 2 cores)
     python benchmarks/seg_neck.py --size 385 --modes fwd --json out.json
