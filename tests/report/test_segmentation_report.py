@@ -18,7 +18,6 @@ import re
 
 import pandas as pd
 import pytest
-from matplotlib.container import ErrorbarContainer
 from scipy.stats import t as student_t
 
 from fptbench.config import load_config
@@ -33,6 +32,7 @@ from fptbench.report.rows import collect_rows
 from fptbench.report.segmentation import build_segmentation_tables
 
 from . import fixed_records
+from .test_seeds import _error_segments as error_segments
 
 TINY = [
     ("model.fpn_channels", 16), ("gt.channels", 8), ("fpt.norm", "bn"), ("seg.ufp_kernels", "[1, 3]"),
@@ -274,17 +274,6 @@ def test_report_files_figures_and_formats(seg_matrix, tmp_path):
     assert "![mIoU vs GFLOPs](figures/miou_vs_gflops.png)" in index and "| +FPT (LGT) | 3 |" in index
 
 
-def _error_segments(ax):
-    out = []
-    for container in ax.containers:
-        if isinstance(container, ErrorbarContainer):
-            for collection in container.lines[2]:
-                for (x0, y0), (x1, y1) in collection.get_segments():
-                    if x0 == x1 and y0 != y1:
-                        out.append((min(y0, y1), max(y0, y1)))
-    return sorted(out)
-
-
 def test_miou_scatter_has_a_panel_per_dataset_with_std_error_bars(seg_matrix):
     rows = collect_rows(seg_matrix["records"], seg_matrix["cells"]).rows
     fig = draw_scatter(rows, "gflops", "GFLOPs", title="t")
@@ -292,7 +281,7 @@ def test_miou_scatter_has_a_panel_per_dataset_with_std_error_bars(seg_matrix):
     assert [ax.get_title() for ax in axes] == ["cityscapes: mIoU vs GFLOPs", "synth_seg: mIoU vs GFLOPs"]
     for ax, dataset in zip(axes, MIOU):
         want = sorted((_mean(xs) - _std(xs), _mean(xs) + _std(xs)) for xs in MIOU[dataset].values())
-        assert _error_segments(ax) == [pytest.approx(w) for w in want]
+        assert sorted((low, high) for _, low, high in error_segments(ax)) == [pytest.approx(w) for w in want]
         assert ax.get_ylabel() == "mIoU (%)"
         assert sorted(t.get_text() for t in ax.texts) == sorted(NECKS.values())
 
