@@ -10,11 +10,25 @@ A record is a flat plain dict, in the spirit of torchvision's weight metadata
      "device": {"type": "cpu", "name": "AMD EPYC ...", "count": 1},
      "dataset": {"name": "coco2017_val", "images": 5000},
      "training": {"iterations": 90000, "wall_time_s": 12345.6},
-     "metrics": {"bbox": {"AP": 38.0, ...}, "segm": {...}}}
+     "metrics": {"bbox": {"AP": 38.0, ...}, "segm": {...}},
+     "scored": true,
+     "results": {"format": "coco", "image_set": "val2017", "detections": 123456,
+                 "files": {"bbox": "detections_val2017_fptbench-bbox_results.json",
+                           "segm": "detections_val2017_fptbench-segm_results.json"}}}
 
 ``metrics`` holds what the task's evaluation measured, in percent: COCOeval's ``bbox`` (and
 ``segm`` for Mask R-CNN) for detection; ``{"segmentation": {"mIoU", "pixel_acc", "mean_acc",
 "per_class_iou": {class name: IoU or null}}}`` for ``model.task: segmentation``.
+
+``scored`` says whether the split could be scored. A split without annotations (COCO test-dev's
+``image_info`` file, Cityscapes or VOC test) is not: ``"scored": false``, ``metrics`` is ``{}``
+and ``unscored_reason`` says why (the key is only there then).
+
+``results`` lists the predictions written for an evaluation server, paths relative to the run
+folder (:mod:`fptbench.evaluation.results_files`), or is null: detection, ``{"format": "coco",
+"image_set", "files": {iou type: file}, "detections": N}`` for every split; segmentation, for a
+split without labels only, ``{"format": words, "folder": folder, "images": N}`` (one PNG per
+image in that folder).
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ RESULT_FILE = "result.json"
 """The record's file name in a run folder (written by the engine, read by the launcher)."""
 
 RECORD_KEYS = ("record_version", "created", "config", "config_hash", "git", "versions", "device",
-               "dataset", "training", "metrics")
+               "dataset", "training", "metrics", "scored", "results")
 
 
 
@@ -144,6 +158,9 @@ def make_record(
     wall_time_s: float | None = None,
     extra: Mapping[str, Any] | None = None,
     device: Any = None,
+    scored: bool = True,
+    unscored_reason: str | None = None,
+    results: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record of one run.
 
@@ -158,7 +175,14 @@ def make_record(
         extra (dict): more top-level keys (e.g. ``checkpoint``, ``num_params``); may not
             replace a standard key.
         device: the torch device the run used (default: cuda if available, else cpu).
+        scored (bool): whether ``metrics`` could be measured (False: a split without
+            annotations or labels, ``metrics`` empty).
+        unscored_reason (str): why not; required when ``scored`` is False, refused otherwise.
+        results (dict): the files written for an evaluation server (see the module docstring);
+            None when none were.
     """
+    if scored == bool(unscored_reason):
+        raise ValueError("an unscored record needs unscored_reason, and only an unscored one has it")
     record = {
         "record_version": RECORD_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -171,7 +195,11 @@ def make_record(
         "training": {"iterations": iterations,
                      "wall_time_s": None if wall_time_s is None else round(float(wall_time_s), 3)},
         "metrics": json.loads(json.dumps(metrics)),
+        "scored": bool(scored),
+        "results": None if results is None else json.loads(json.dumps(results)),
     }
+    if not scored:
+        record["unscored_reason"] = unscored_reason
     for key, value in (extra or {}).items():
         if key in record:
             raise ValueError(f"extra key {key!r} would replace the record's own {key!r}")

@@ -1,7 +1,8 @@
 """Data: COCO-format instance segmentation for torchvision's detectors, semantic segmentation
 splits, and an embedded synthetic set of both.
 
-- :data:`DATASETS` / :func:`resolve_split` (``catalog.py``): named splits in the seed's layout.
+- :data:`DATASETS` / :func:`coco_split` / :func:`resolve_split` (``catalog.py``): named COCO
+  splits, their files in the seed's layout or COCO's.
 - :class:`CocoDetection` (``coco.py``): ``(image, target)`` pairs read with pycocotools.
 - ``segmentation.py``: Cityscapes, VOC 2012, ADE20K, LIP and synthetic ``(image, label)`` splits.
 - :func:`read_image` / :data:`PIXEL_STATS` (``image.py``): the two pixel conventions.
@@ -18,14 +19,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from fptbench.data.catalog import DATASETS, resolve_split
+from fptbench.data.catalog import DATASETS, CocoSplit, coco_split, resolve_split
 
 __all__ = [
     "DATASETS",
+    "CocoSplit",
     "PIXEL_STATS",
     "CocoDetection",
     "SegmentationTrainSet",
     "build_dataset",
+    "coco_split",
     "read_image",
     "resolve_split",
     "write_synth",

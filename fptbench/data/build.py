@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from fptbench.data.catalog import resolve_split
+from fptbench.data.catalog import coco_split
 from fptbench.data.coco import CocoDetection
 from fptbench.errors import UsageError
 
@@ -20,10 +20,13 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> Any:
     """The training (``"train"``: ``data.train``) or evaluation (``"test"``: ``data.test``)
     split of a config; the one place where ``model.task`` chooses the data.
 
-    Detection: a :class:`CocoDetection` (training filters on in training, every annotation kept
-    for evaluation). Segmentation: a :class:`~fptbench.data.segmentation.SegmentationDataset` of
+    Detection: a :class:`CocoDetection` of :func:`~fptbench.data.catalog.coco_split` (training
+    filters on in training, every annotation kept for evaluation; a named split's images in the
+    seed's layout or COCO's; an ``image_info`` split such as ``coco2017_test-dev`` for
+    evaluation only). Segmentation: a :class:`~fptbench.data.segmentation.SegmentationDataset` of
     the named split (``cityscapes_train``, ``voc2012_train_aug``, ``synth_seg_val``, ...), for
-    training with the ``seg.*`` augmentation and wrapped as :class:`SegmentationTrainSet`.
+    training with the ``seg.*`` augmentation and wrapped as :class:`SegmentationTrainSet`; a split
+    without labels (``cityscapes_test``, ``voc2012_test``) for evaluation only.
 
     Reads ``data.root``, ``data.train`` / ``data.test``, ``data.max_images`` (with ``DEBUG``
     true, 8 unless set), ``model.pixel`` and ``model.num_classes``; segmentation training also
@@ -43,8 +46,8 @@ def build_dataset(cfg: Mapping[str, Any], split: str) -> Any:
     try:
         if cfg["model"]["task"] == "segmentation":
             return _segmentation(cfg, split, max_images)
-        ann_file, img_dir = resolve_split(name)
-        dataset = CocoDetection(root, ann_file, img_dir, pixel=cfg["model"]["pixel"],
+        files = coco_split(name)
+        dataset = CocoDetection(root, files.ann_file, files.image_dirs, pixel=cfg["model"]["pixel"],
                                 train=split == "train", max_images=max_images)
     except UsageError as err:
         raise UsageError(f"{err} (data.root={root}, data.{split}={name})") from None

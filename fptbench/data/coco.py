@@ -12,6 +12,10 @@ width/height <= 0 boxes and images whose boxes are all <= 1 px] or an empty mask
 left with no annotation are left out. Every drop is counted in :attr:`CocoDetection.skipped`.
 Evaluation mode keeps every annotation (COCOeval reads the ground truth from ``.coco``).
 
+A file without ``annotations`` (COCO's ``image_info_test-dev2017.json``: images and categories
+only) is a split to run the detector on for the evaluation server (:attr:`CocoDetection.annotated`
+false, every target empty); training on it is refused.
+
 Items are read from :class:`SerializedRecords`, every image's record pickled into one NumPy
 buffer, as detectron2's ``DatasetFromList(serialize=True)``: data-loader workers forked from the
 main process then share those pages for good, where reading (and the garbage collector walking)
@@ -30,7 +34,7 @@ import os
 import pickle
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pycocotools.mask as mask_utils
@@ -57,11 +61,14 @@ def _number(value: Any) -> bool:
 
 
 def _check_dataset(data: Any, path: Path) -> None:
-    """The structure pycocotools and this module rely on; one-line UsageError at the first flaw."""
+    """The structure pycocotools and this module rely on; one-line UsageError at the first flaw.
+    ``annotations`` may be absent (an ``image_info`` file), not malformed."""
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object with images, annotations and categories, "
                          f"got {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
+        if key == "annotations" and key not in data:
+            continue
         if not isinstance(data.get(key), list):
             got = "missing" if key not in data else type(data[key]).__name__
             raise UsageError(f"{path}: '{key}' must be a list ({got})")
@@ -83,7 +90,7 @@ def _check_dataset(data: Any, path: Path) -> None:
         if img["id"] in img_ids:
             raise UsageError(f"{path}: images[{i}]: image id {img['id']} appears twice")
         img_ids.add(img["id"])
-    for i, ann in enumerate(data["annotations"]):
+    for i, ann in enumerate(data.get("annotations", [])):
         where = f"{path}: annotations[{i}]"
         if not (isinstance(ann, dict) and isinstance(ann.get("id"), int)):
             raise UsageError(f"{where} must be an object with an integer 'id'")
@@ -100,7 +107,7 @@ def _check_dataset(data: Any, path: Path) -> None:
 
 
 def load_coco(path: str | Path) -> COCO:
-    """A pycocotools ``COCO`` index of an instance-annotation file, checked.
+    """A pycocotools ``COCO`` index of an instance-annotation (or ``image_info``) file, checked.
 
     The JSON is parsed here (not by ``COCO(path)``) so that a syntax error is reported with its
     line and column, and the structure is checked before pycocotools indexes it.
@@ -188,8 +195,11 @@ class CocoDetection(torch.utils.data.Dataset):
     Args:
         root (str | Path): dataset folder (``data.root``); ``ann_file`` and ``img_dir`` are
             relative to it (or absolute).
-        ann_file (str | Path): the instances JSON.
-        img_dir (str | Path): the folder that ``images[].file_name`` is relative to.
+        ann_file (str | Path): the instances JSON, or an ``image_info`` JSON (no ``annotations``:
+            evaluation only).
+        img_dir (str | Path | sequence of them): the folder that ``images[].file_name`` is
+            relative to, or candidate folders, the first that exists taken (a named split's
+            layouts, :attr:`fptbench.data.catalog.CocoSplit.image_dirs`).
         pixel (str): ``"torchvision"`` (RGB in [0, 1]) or ``"caffe"`` (BGR in [0, 255]).
         train (bool): drop crowd regions, degenerate boxes, empty masks, and images left with
             no annotation (counted in :attr:`skipped`); otherwise keep everything.
@@ -202,7 +212,13 @@ class CocoDetection(torch.utils.data.Dataset):
     Attributes:
         coco (COCO | None): the pycocotools index of the whole file (the evaluator's ground
             truth); None in training, where the items are read from their serialized records.
+        annotated (bool): the file has ``annotations`` (can be scored and trained on); False for
+            an ``image_info`` file, whose items have empty targets.
+        img_dir (Path): the image folder (the first candidate that exists).
         ids (list[int]): image ids of the items, in order (sorted).
+        image_sizes (list[tuple[int, int]]): ``(height, width)`` of each item's image, in item
+            order, as the annotation file states them (no image is decoded): what an
+            aspect-ratio grouping sampler needs.
         skipped (Counter): what was dropped and why: ``crowd``, ``degenerate_box``,
             ``empty_mask`` (annotations), ``image_without_annotations`` (images).
         categories (dict[int, str]): category id (= label) -> name.
@@ -215,16 +231,17 @@ class CocoDetection(torch.utils.data.Dataset):
         horizontally (x -> W - x).
 
     Raises:
-        UsageError: annotation file missing or malformed, no image left, image folder or an image file missing
-            (checked for every kept image at construction), an unreadable image, an image whose
-            size differs from its annotation, an undecodable segmentation.
+        UsageError: annotation file missing or malformed, training on a file without annotations,
+            no image left, image folder (every candidate) or an image file missing (checked for
+            every kept image at construction), an unreadable image, an image whose size differs
+            from its annotation, an undecodable segmentation.
     """
 
     def __init__(
         self,
         root: str | Path,
         ann_file: str | Path,
-        img_dir: str | Path,
+        img_dir: str | Path | Sequence[str | Path],
         *,
         pixel: str = "torchvision",
         train: bool = False,
@@ -237,10 +254,18 @@ class CocoDetection(torch.utils.data.Dataset):
             raise UsageError(f"data.max_images: {max_images!r} is not an integer >= 0")
         self.root = Path(root)
         self.ann_file = self.root / ann_file
-        self.img_dir = self.root / img_dir
+        candidates = [img_dir] if isinstance(img_dir, (str, os.PathLike)) else list(img_dir)
+        if not candidates:
+            raise ValueError("img_dir: no candidate folder")
+        self._img_dirs = [self.root / d for d in candidates]
+        self.img_dir = next((d for d in self._img_dirs if d.is_dir()), self._img_dirs[0])
         self.pixel = pixel
         self.train = train
         self.coco: COCO | None = load_coco(self.ann_file)
+        self.annotated = "annotations" in self.coco.dataset
+        if train and not self.annotated:
+            raise UsageError(f"{self.ann_file}: no 'annotations' (images only, an image_info file of a test split): "
+                             f"nothing to train on; train on an annotated split")
         self.categories: dict[int, str] = {c["id"]: c["name"] for c in self.coco.dataset["categories"]}
         self.skipped: Counter = Counter()
         # per item: (image id, file name, height, width, its annotations sorted by id: the kept
@@ -262,6 +287,8 @@ class CocoDetection(torch.utils.data.Dataset):
             raise UsageError(f"{self.ann_file}: no images to {'train on' if train else 'evaluate'}"
                              + (f" (dropped: {dropped})" if dropped else ""))
         self._ids = np.array([r[0] for r in records], dtype=np.int64)
+        # (N, 2) int32 beside the serialized records: sizes without unpickling an item
+        self._sizes = np.array([(r[2], r[3]) for r in records], dtype=np.int32).reshape(-1, 2)
         self._check_image_files([r[1] for r in records])
         self._records = SerializedRecords(records) if serialize else records
         del records
@@ -271,6 +298,13 @@ class CocoDetection(torch.utils.data.Dataset):
     @property
     def ids(self) -> list[int]:
         return self._ids.tolist()
+
+    @property
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """``(height, width)`` of each item's image in pixels, in item order (``dataset[i]``'s
+        image is ``image_sizes[i]``), from the annotation file: nothing is decoded or unpickled.
+        Held as one (N, 2) int32 array; the list is built on each call."""
+        return [(h, w) for h, w in self._sizes.tolist()]
 
     # -- construction helpers -----------------------------------------------------------------
 
@@ -307,6 +341,9 @@ class CocoDetection(torch.utils.data.Dataset):
     def _check_image_files(self, names: list[str]) -> None:
         """Every kept image exists: one listing of the folder, not one stat per file."""
         if not self.img_dir.is_dir():
+            if len(self._img_dirs) > 1:
+                looked = " nor ".join(str(d) for d in self._img_dirs)
+                raise UsageError(f"image folder not found: neither {looked} exists (images of {self.ann_file})")
             raise UsageError(f"{self.img_dir}: image folder not found (images of {self.ann_file})")
         present = set(os.listdir(self.img_dir))
         missing = []

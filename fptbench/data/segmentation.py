@@ -24,6 +24,15 @@ Paths are relative to ``data.root``, the folder the dataset's archives were unpa
 - ``synth``: ``images/{train,val}/*.png`` with ``labels/{train,val}/*.png``, written by
   :func:`fptbench.data.synth.write_synth_seg` (the shapes of the detection set, background 0).
 
+Splits without labels, for the evaluation servers: Cityscapes ``test``
+(``leftImg8bit/test/{city}/*_leftImg8bit.png``) and VOC 2012 ``test`` (the ids of
+``ImageSets/Segmentation/test.txt`` in ``JPEGImages/``, as the VOC2012 test archive unpacks into
+the same ``VOCdevkit/VOC2012``). Their items have no label; a prediction becomes the file each
+server takes (:meth:`Layout.result_png`, :meth:`Layout.result_path`): Cityscapes, a grey PNG of
+labelIds (cityscapesScripts' ids, not trainIds) named as its ``*_leftImg8bit.png`` image; VOC, a
+palette PNG of class indices (the VOC colour map) ``results/VOC2012/Segmentation/comp6_test_cls/{id}.png``
+(comp6: trained with data beyond VOC's own, SBD's labels in ``train_aug``).
+
 Named splits (:data:`SEG_DATASETS`, :func:`resolve_seg_split`) pick a layout and a split, as
 :mod:`fptbench.data.catalog` does for COCO. Images come in the pixel convention of
 :mod:`fptbench.data.image` (not normalised: the model normalises, as torchvision's detectors
@@ -32,6 +41,7 @@ do); labels are (H, W) int64 class indices with :data:`IGNORE_INDEX` where nothi
 
 from __future__ import annotations
 
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +68,14 @@ __all__ = [
     "read_label",
     "resolve_seg_split",
     "segmentation_dataset",
+    "voc_palette",
 ]
 
 IGNORE_INDEX = 255
 """Label of pixels that are neither scored nor trained on (the convention of all four datasets)."""
 
-Pairs = list[tuple[Path, Path]]
+Pairs = list[tuple[Path, Path | None]]
+"""(image file, label file) of each item; the label None in a split without labels."""
 
 
 # -- layouts: (image, label) file pairs of a split ---------------------------------------------
@@ -89,6 +101,8 @@ def _by_stem(images: Path, labels: Path, image_glob: str, label_suffix: str, wha
 
 def _cityscapes(root: Path, split: str) -> Pairs:
     images = _folder(root / "leftImg8bit" / split, "cityscapes images: leftImg8bit/SPLIT/CITY/*_leftImg8bit.png")
+    if split == "test":  # gtFine/test holds placeholders, not labels
+        return [(p, None) for p in sorted(images.glob("*/*_leftImg8bit.png"))]
     labels = root / "gtFine" / split
     return [(p, labels / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
             for p in sorted(images.glob("*/*_leftImg8bit.png"))]
@@ -98,6 +112,8 @@ def _voc2012(root: Path, split: str) -> Pairs:
     base = root / "VOCdevkit" / "VOC2012"
     lists = base / "ImageSets" / "Segmentation"
     voc_labels = base / "SegmentationClass"
+    if split == "test":
+        return [(base / "JPEGImages" / f"{i}.jpg", None) for i in _ids(lists / "test.txt")]
     if split != "train_aug":
         return [(base / "JPEGImages" / f"{i}.jpg", voc_labels / f"{i}.png") for i in _ids(lists / f"{split}.txt")]
     sbd_labels = base / "SegmentationClassAug"
@@ -137,9 +153,15 @@ class Layout:
         label_map (dict[int, int]): value in a label file -> class id; every other value of
             0..255 -> :data:`IGNORE_INDEX`.
         splits (tuple[str, ...]): the split names ``pairs`` takes.
-        pairs (callable): ``pairs(root, split)`` -> sorted ``[(image path, label path), ...]``.
+        pairs (callable): ``pairs(root, split)`` -> sorted ``[(image path, label path), ...]``;
+            the label path None in the splits of ``unlabelled``.
         flip_pairs (tuple[tuple[int, int], ...]): classes that swap under a horizontal flip
             (LIP's left and right limbs).
+        unlabelled (tuple[str, ...]): the splits without labels (a server's test set).
+        result_path (callable | None): ``result_path(image path)`` -> where the server wants the
+            prediction of that image, relative to the results folder; None: no server format.
+        palette (tuple[int, ...]): RGB triplets of a palette PNG (VOC's); () = grey PNG.
+        result_format (str): what the server's files are, in words (for the run record).
     """
 
     classes: tuple[str, ...]
@@ -147,6 +169,10 @@ class Layout:
     splits: tuple[str, ...]
     pairs: Callable[[Path, str], Pairs]
     flip_pairs: tuple[tuple[int, int], ...] = ()
+    unlabelled: tuple[str, ...] = ()
+    result_path: Callable[[Path], str] | None = None
+    palette: tuple[int, ...] = ()
+    result_format: str = ""
 
     def lookup(self) -> np.ndarray:
         """(256,) uint8: label file value -> class id or :data:`IGNORE_INDEX`."""
@@ -154,6 +180,58 @@ class Layout:
         for value, index in self.label_map.items():
             table[value] = index
         return table
+
+    def file_values(self) -> np.ndarray:
+        """(C,) uint8: class id -> its value in a label file, the inverse of ``label_map``
+        (Cityscapes: trainId -> labelId)."""
+        table = np.zeros(len(self.classes), dtype=np.uint8)
+        for value, index in sorted(self.label_map.items(), reverse=True):  # the smallest value wins
+            table[index] = value
+        return table
+
+    def result_png(self, pred: np.ndarray) -> bytes:
+        """A prediction as the server's PNG.
+
+        Args:
+            pred (ndarray): (H, W) integer class ids in 0..C-1.
+
+        Returns:
+            bytes: a PNG of the label file values (:meth:`file_values`), grey (mode ``L``) or
+            with :attr:`palette` (mode ``P``), H x W pixels.
+        """
+        values = self.file_values()[np.asarray(pred, dtype=np.int64)]
+        image = Image.fromarray(np.ascontiguousarray(values))  # (H, W) uint8: mode L
+        if self.palette:
+            image.putpalette(list(self.palette))  # L -> P, the values kept as the indices
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+def voc_palette() -> tuple[int, ...]:
+    """The VOC colour map (the devkit's ``VOClabelcolormap.m``): 256 RGB triplets, index i's bits
+    spread over the high bits of R, G, B (1 aeroplane (128, 0, 0), 15 person (192, 128, 128), 255
+    void (224, 224, 192))."""
+    colours = []
+    for index in range(256):
+        r = g = b = 0
+        c = index
+        for bit in range(8):
+            r |= (c & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        colours += [r, g, b]
+    return tuple(colours)
+
+
+def _cityscapes_result(image: Path) -> str:
+    # the image's own name: cityscapesScripts' evaluation finds {city}_{seq}_{frame}*.png
+    return image.name
+
+
+def _voc2012_result(image: Path) -> str:
+    return f"results/VOC2012/Segmentation/comp6_test_cls/{image.stem}.png"
 
 
 CITYSCAPES_CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -197,9 +275,12 @@ def _identity(num_classes: int) -> dict[int, int]:
 
 
 LAYOUTS: dict[str, Layout] = {
-    "cityscapes": Layout(CITYSCAPES_CLASSES, {v: k for k, v in enumerate(CITYSCAPES_LABEL_IDS)}, ("train", "val"),
-                         _cityscapes),
-    "voc2012": Layout(VOC_CLASSES, _identity(len(VOC_CLASSES)), ("train", "val", "train_aug"), _voc2012),
+    "cityscapes": Layout(CITYSCAPES_CLASSES, {v: k for k, v in enumerate(CITYSCAPES_LABEL_IDS)},
+                         ("train", "val", "test"), _cityscapes, unlabelled=("test",), result_path=_cityscapes_result,
+                         result_format="Cityscapes labelIds PNG per *_leftImg8bit image"),
+    "voc2012": Layout(VOC_CLASSES, _identity(len(VOC_CLASSES)), ("train", "val", "train_aug", "test"), _voc2012,
+                      unlabelled=("test",), result_path=_voc2012_result, palette=voc_palette(),
+                      result_format="VOC2012 class-index palette PNG per image id (comp6)"),
     "ade20k": Layout(ADE20K_CLASSES, {k + 1: k for k in range(len(ADE20K_CLASSES))}, ("train", "val"), _ade20k),
     "lip": Layout(LIP_CLASSES, _identity(len(LIP_CLASSES)), ("train", "val"), _lip,
                   flip_pairs=((14, 15), (16, 17), (18, 19))),
@@ -383,14 +464,19 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Attributes:
         classes (tuple[str, ...]), num_classes (int), flip_pairs, ignore_index (int): of the layout.
-        pairs (list[(Path, Path)]): (image, label) files of the items, in order.
+        pairs (list[(Path, Path | None)]): (image, label) files of the items, in order; the label
+            None where the split has no labels.
+        labelled (bool): the split has labels (can be scored and trained on); False for a
+            server's test split (:attr:`Layout.unlabelled`).
 
     Items: ``dataset[i] -> (image, label)``: image (3, H, W) float32 in the ``pixel``
-    convention; label (H, W) int64, class ids and :data:`IGNORE_INDEX`.
+    convention; label (H, W) int64, class ids and :data:`IGNORE_INDEX`; None when not
+    :attr:`labelled`.
 
     Raises:
         UsageError: unknown layout or split, a missing folder or split list, no images, an image
-            or label file missing (all checked at construction, the first named); when an item
+            or label file missing (all checked at construction, the first named), a training
+            transform on a split without labels; when an item
             is read, an unreadable file, a label that is not an index image, or a label whose
             size differs from its image's. Each message names the file.
     """
@@ -421,12 +507,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.flip_pairs = spec.flip_pairs
         self.ignore_index = IGNORE_INDEX
         self._lookup = spec.lookup()
+        self._spec = spec
+        self.labelled = split not in spec.unlabelled
+        if transform is not None and not self.labelled:
+            raise UsageError(f"{layout} {split}: the split has no labels (a test set for the evaluation server): "
+                             f"nothing to train on; train on a labelled split")
         pairs = spec.pairs(self.root, split)
         if not pairs:
             raise UsageError(f"{self.root}: no images in the {layout} {split} split")
         self.pairs = pairs[:max_images] if max_images else pairs
         images, labels = [p[0] for p in self.pairs], [p[1] for p in self.pairs]
-        for kind, paths in (("image", images), ("label", labels)):
+        for kind, paths in (("image", images), ("label", labels if self.labelled else [])):
             missing = _missing(paths)
             if missing:
                 first = missing[0]
@@ -437,9 +528,11 @@ class SegmentationDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor | None]:
         image_path, label_path = self.pairs[index]
         image = read_image(image_path, "torchvision" if self.transform is not None else self.pixel)
+        if label_path is None:
+            return image, None
         label = torch.from_numpy(self._lookup[read_label(label_path)])
         if tuple(label.shape) != tuple(image.shape[-2:]):
             raise UsageError(f"{label_path}: label is {label.shape[1]}x{label.shape[0]} pixels but its image "
@@ -449,6 +542,33 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if self.pixel != "torchvision":
                 image = to_pixels(to_uint8_rgb(image), self.pixel)
         return image, label.long()
+
+    @property
+    def result_format(self) -> str:
+        """What :meth:`result_file` writes, in words; "" when the layout has no server format."""
+        return self._spec.result_format if self._spec.result_path is not None else ""
+
+    def result_file(self, index: int, pred: Tensor | np.ndarray) -> tuple[str, bytes]:
+        """The evaluation server's file of item ``index``'s prediction.
+
+        Args:
+            index (int): the item.
+            pred (Tensor | ndarray): (H, W) integer class ids in 0..C-1, at the image's size.
+
+        Returns:
+            (str, bytes): the file's path relative to a results folder, and its PNG bytes
+            (:meth:`Layout.result_png`).
+
+        Raises:
+            ValueError: the layout has no server format, or ``pred`` is not 2-D.
+        """
+        if self._spec.result_path is None:
+            raise ValueError(f"the {self.layout} layout has no evaluation-server format")
+        pred = pred.detach().cpu().numpy() if isinstance(pred, Tensor) else np.asarray(pred)
+        image_path = self.pairs[index][0]
+        if pred.ndim != 2:
+            raise ValueError(f"pred must be (H, W) class ids, got shape {pred.shape}")
+        return self._spec.result_path(image_path), self._spec.result_png(pred)
 
     def __repr__(self) -> str:
         return (f"SegmentationDataset({self.root}, {self.layout} {self.split}, {len(self)} images, "

@@ -129,8 +129,9 @@ class COCOEvaluator:
             results.append(result)
         return results
 
-    def _gather(self) -> None:
-        """Merge every rank's detections into every rank (all ranks must call this)."""
+    def gather(self) -> None:
+        """Merge every rank's detections into every rank: collective when torch.distributed is
+        initialised (all ranks must call it), nothing to do otherwise or when already gathered."""
         if self._gathered or not _is_distributed():
             return
         shards: list[Any] = [None] * dist.get_world_size()
@@ -143,15 +144,32 @@ class COCOEvaluator:
 
     @property
     def image_ids(self) -> list[int]:
-        """Ids of the images processed so far (on this rank until :meth:`evaluate` gathers), sorted."""
+        """Ids of the images processed so far (on this rank until :meth:`gather`), sorted."""
         return sorted(self._per_image)
 
     @property
     def results(self) -> list[dict[str, Any]]:
         """Every detection as a COCO result dict (``image_id``, ``category_id``, ``bbox`` xywh,
-        ``score``, ``segmentation`` RLE when the model has masks), in image id order: the
-        content of a COCO ``*_results.json``. After :meth:`evaluate`, all ranks' detections."""
+        ``score``, ``segmentation`` RLE when the model has masks), in image id order. After
+        :meth:`gather` (or :meth:`evaluate`), all ranks' detections. :meth:`results_for` gives
+        them as a COCO ``*_results.json`` of one iou type holds them."""
         return [r for image_id in self.image_ids for r in self._per_image[image_id]]
+
+    def results_for(self, iou_type: str) -> list[dict[str, Any]]:
+        """The detections in COCO's results format of one iou type, new dicts in image id order:
+        what :meth:`evaluate` scores and what a ``*_results.json`` of that type holds.
+
+        ``"bbox"``: ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``. ``"segm"``:
+        ``{"image_id", "category_id", "segmentation": RLE (counts str), "score"}``, the detections
+        that have a mask, without their box, as COCO's segmentation results are: ``loadRes``
+        then takes a mask detection's area from its mask (detectron2 does the same), so that
+        small / medium / large of mask AP mean the mask's area.
+        """
+        if iou_type not in IOU_TYPES:
+            raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+        drop = "bbox" if iou_type == "segm" else "segmentation"
+        return [{k: v for k, v in r.items() if k != drop} for r in self.results
+                if iou_type == "bbox" or "segmentation" in r]
 
     # -- scoring ---------------------------------------------------------------------------
 
@@ -165,7 +183,9 @@ class COCOEvaluator:
             ``None`` where COCOeval has nothing to average (its -1: no ground truth in that
             area range among the evaluated images).
         """
-        self._gather()
+        if "annotations" not in self.coco_gt.dataset:
+            raise ValueError("the ground truth has no annotations (an image_info file): nothing to score")
+        self.gather()
         metrics: dict[str, dict[str, float | None]] | None = None
         if not _is_distributed() or dist.get_rank() == 0:
             metrics = {t: self._evaluate_one(t) for t in self.iou_types}
@@ -180,17 +200,7 @@ class COCOEvaluator:
         image_ids = self.image_ids
         if not image_ids:
             return {name: 0.0 for name in METRIC_NAMES}
-        results = []
-        for r in self.results:
-            if iou_type == "segm":
-                if "segmentation" not in r:
-                    continue
-                # without bbox, loadRes takes the area from the mask (detectron2 does the same):
-                # small/medium/large of a mask detection then mean its mask's area
-                r = {k: v for k, v in r.items() if k != "bbox"}
-            else:
-                r = {k: v for k, v in r.items() if k != "segmentation"}
-            results.append(dict(r))  # loadRes writes into the dicts it gets
+        results = self.results_for(iou_type)  # new dicts: loadRes writes into the dicts it gets
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):
             coco_dt = self.coco_gt.loadRes(results) if results else self._empty_results()

@@ -15,7 +15,7 @@ ground truth of TP / (TP + FN); pixel accuracy is the share of counted pixels pr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,7 @@ __all__ = [
     "TEST_MODES",
     "ConfusionMatrix",
     "evaluate_segmentation",
+    "predict_segmentation",
     "segmentation_logits",
     "slide_inference",
     "whole_inference",
@@ -258,6 +259,58 @@ def segmentation_logits(
     return total / (len(scales) * (2 if flip else 1))
 
 
+def predict_segmentation(
+    model: nn.Module,
+    dataset: Any,
+    each: Callable[[int, Tensor, Tensor | None], None],
+    *,
+    device: torch.device | str,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+    mode: str = "whole",
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    flip: bool = False,
+    scales: Sequence[float] = (1.0,),
+) -> int:
+    """Segment every image of this rank's share of ``dataset``, handing each prediction to ``each``.
+
+    Args:
+        model (nn.Module): returns ``{"out": logits}`` (see the module docstring), already on
+            ``device``; run in eval mode and put back in its previous mode after.
+        dataset: ``dataset[i] -> (image (3, H, W), label (H, W) or None)`` with ``flip_pairs``
+            (a :class:`fptbench.data.segmentation.SegmentationDataset` without transform).
+        each (callable): ``each(index, pred, label)``: pred (H, W) int64 class ids on ``device``,
+            label the item's (H, W) label on ``device`` or None (a split without labels).
+        device: where the images go.
+        rank (int), world_size (int): this process takes items ``rank, rank + world_size, ...``
+            (nothing collective here).
+        progress (bool): tqdm bar on rank 0.
+        mode, crop_size, stride, flip, scales: test-time inference, see :func:`segmentation_logits`.
+
+    Returns:
+        int: the number of images this rank segmented.
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
+    indices = range(rank, len(dataset), world_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(indices), desc="segmentation", unit="img",
+                                          disable=not progress or rank != 0, dynamic_ncols=True) as bar:
+            for index in indices:
+                image, label = dataset[index]
+                logits = segmentation_logits(model, image.to(device)[None], mode=mode, crop_size=crop_size,
+                                             stride=stride, flip=flip, scales=scales, flip_pairs=dataset.flip_pairs)
+                each(index, logits.argmax(1)[0], None if label is None else label.to(device))
+                bar.update(1)
+    finally:
+        model.train(was_training)
+    return len(indices)
+
+
 def evaluate_segmentation(
     model: nn.Module,
     dataset: Any,
@@ -279,7 +332,7 @@ def evaluate_segmentation(
             ``device``; run in eval mode and put back in its previous mode after.
         dataset: ``dataset[i] -> (image (3, H, W), label (H, W))`` with ``classes`` (names),
             ``ignore_index`` and ``flip_pairs`` (a
-            :class:`fptbench.data.segmentation.SegmentationDataset` without transform).
+            :class:`fptbench.data.segmentation.SegmentationDataset` without transform, with labels).
         device: where the images go and the confusion matrix lives.
         rank (int), world_size (int): this process takes items ``rank, rank + world_size, ...``;
             with torch.distributed initialised every rank must call this (the counts are summed
@@ -290,22 +343,17 @@ def evaluate_segmentation(
     Returns:
         ``{"segmentation": {"mIoU", "pixel_acc", "mean_acc", "per_class_iou": {class name: ...}}}``
         in percent (:meth:`ConfusionMatrix.metrics`), the record's ``metrics``.
+
+    Raises:
+        ValueError: an item has no label (a split for the evaluation server: nothing to score).
     """
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in 0..{world_size - 1}, got {rank}")
     matrix = ConfusionMatrix(len(dataset.classes), ignore_index=dataset.ignore_index, device=device)
-    indices = range(rank, len(dataset), world_size)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode(), tqdm(total=len(indices), desc="segmentation", unit="img",
-                                          disable=not progress or rank != 0, dynamic_ncols=True) as bar:
-            for index in indices:
-                image, label = dataset[index]
-                logits = segmentation_logits(model, image.to(device)[None], mode=mode, crop_size=crop_size,
-                                             stride=stride, flip=flip, scales=scales, flip_pairs=dataset.flip_pairs)
-                matrix.update(logits.argmax(1)[0], label.to(device))
-                bar.update(1)
-    finally:
-        model.train(was_training)
+
+    def count(index: int, pred: Tensor, label: Tensor | None) -> None:
+        if label is None:
+            raise ValueError(f"item {index} has no label: a split without labels cannot be scored")
+        matrix.update(pred, label)
+
+    predict_segmentation(model, dataset, count, device=device, rank=rank, world_size=world_size, progress=progress,
+                         mode=mode, crop_size=crop_size, stride=stride, flip=flip, scales=scales)
     return {"segmentation": matrix.reduce().metrics(dataset.classes)}

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from fptbench.config import load_config
-from fptbench.data import DATASETS, CocoDetection, build_dataset, resolve_split
+from fptbench.data import DATASETS, CocoDetection, CocoSplit, build_dataset, coco_split, resolve_split
 from fptbench.data.image import read_image, to_uint8_rgb
 from fptbench.errors import UsageError
 
@@ -107,14 +107,24 @@ def open_demo(root: Path, **kwargs) -> CocoDetection:
     return CocoDetection(root, "annotations/instances_demo.json", "images/demo", **kwargs)
 
 
-def test_named_splits_follow_the_seed_layout():
-    # Fails if a named split points at the wrong file or folder (minival images live in val2014).
-    assert DATASETS["coco2017_val"] == ("annotations/instances_val2017.json", "images/val2017")
-    assert DATASETS["coco2014_minival"] == ("annotations/instances_minival2014.json", "images/val2014")
-    assert DATASETS["coco2014_valminusminival"][1] == "images/val2014"
-    assert set(DATASETS) == {"coco2017_train", "coco2017_val", "coco2014_train", "coco2014_val",
-                             "coco2014_minival", "coco2014_valminusminival"}
+def test_named_splits_follow_both_layouts():
+    # Fails if a named split points at the wrong file or folder (minival images live in val2014),
+    # if COCO's own layout (images next to annotations/) is not a candidate after the seed's, or
+    # if a test split is not its image_info file with the server's image set name.
+    assert DATASETS["coco2017_val"] == CocoSplit("annotations/instances_val2017.json", ("images/val2017", "val2017"),
+                                                 "val2017")
+    assert DATASETS["coco2014_minival"].ann_file == "annotations/instances_minival2014.json"
+    assert DATASETS["coco2014_minival"].image_dirs == DATASETS["coco2014_valminusminival"].image_dirs \
+        == ("images/val2014", "val2014")
+    assert DATASETS["coco2017_test-dev"] == CocoSplit("annotations/image_info_test-dev2017.json",
+                                                      ("images/test2017", "test2017"), "test-dev2017")
+    assert DATASETS["coco2017_test"].ann_file == "annotations/image_info_test2017.json"
+    assert set(DATASETS) == {"coco2017_train", "coco2017_val", "coco2017_test-dev", "coco2017_test", "coco2014_train",
+                             "coco2014_val", "coco2014_minival", "coco2014_valminusminival"}
+    # another name: the seed's layout only (the synthetic set)
+    assert coco_split("train") == CocoSplit("annotations/instances_train.json", ("images/train",), "train")
     assert resolve_split("train") == ("annotations/instances_train.json", "images/train")
+    assert resolve_split("coco2017_train") == ("annotations/instances_train2017.json", "images/train2017")
 
 
 def test_training_drops_and_counts_each_reason(coco):
@@ -285,3 +295,123 @@ def test_build_dataset_reads_the_config(tmp_path):
     image, target = debug[0]  # an image without annotations: empty, well-shaped target
     assert image.shape == (3, 4, 6)
     assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 4, 6) and target["labels"].shape == (0,)
+
+
+# -- image sizes for aspect-ratio grouping ------------------------------------------------------
+
+def test_image_sizes_follow_the_items_without_reading_them(tmp_path, monkeypatch):
+    # Fails if a size is (width, height), if the sizes are in file order (ids listed 9, 4, 6) or
+    # keep an image the training filter dropped (id 6 has only a crowd region), or if reading
+    # them unpickles records or opens images (the cheapness the sampler relies on).
+    images = [{"id": 9, "file_name": "tall.png", "height": 12, "width": 5},
+              {"id": 4, "file_name": "wide.png", "height": 4, "width": 10},
+              {"id": 6, "file_name": "crowd.png", "height": 7, "width": 7}]
+    box = {"iscrowd": 0, "area": 9.0, "bbox": [1, 1, 3, 3], "segmentation": [[1, 1, 4, 1, 4, 4, 1, 4]]}
+    annotations = [{"id": 1, "image_id": 9, "category_id": 1, **box}, {"id": 2, "image_id": 4, "category_id": 2, **box},
+                   {"id": 3, "image_id": 6, "category_id": 1, **box, "iscrowd": 1}]
+    write_split(tmp_path, "sizes", images, annotations)
+    for info in images:
+        Image.fromarray(pixels(info["height"], info["width"])).save(tmp_path / "images" / "sizes" / info["file_name"])
+    args = (tmp_path, "annotations/instances_sizes.json", "images/sizes")
+    test, train = CocoDetection(*args), CocoDetection(*args, train=True)
+    assert test.ids == [4, 6, 9] and test.image_sizes == [(4, 10), (7, 7), (12, 5)]
+    assert train.ids == [4, 9] and train.image_sizes == [(4, 10), (12, 5)]
+    assert all(type(v) is int for size in train.image_sizes for v in size)
+    for ds in (test, train, CocoDetection(*args, train=True, serialize=False)):
+        assert [tuple(ds[i][0].shape[-2:]) for i in range(len(ds))] == ds.image_sizes
+    # nothing is unpickled or decoded to answer
+    from fptbench.data import coco as coco_module
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("image_sizes read an item")
+
+    monkeypatch.setattr(coco_module.SerializedRecords, "__getitem__", refuse)
+    monkeypatch.setattr(coco_module, "read_image", refuse)
+    assert train.image_sizes == [(4, 10), (12, 5)]
+
+
+# -- COCO's own layout and splits without annotations ------------------------------------------
+
+TINY_IMAGES = [{"id": 5, "file_name": "000005.png", "height": 4, "width": 6},
+               {"id": 2, "file_name": "000002.png", "height": 4, "width": 6}]
+
+
+def coco_tree(root: Path, ann_name: str, folders: list[str], *, annotations: bool = True) -> Path:
+    """data.root with ``annotations/{ann_name}`` (two images, one box; no ``annotations`` key
+    when not ``annotations``, as COCO's image_info files) and the images in each of ``folders``."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    data = {"info": {"description": "fake"}, "images": TINY_IMAGES,
+            "categories": [{"id": 1, "name": "thing"}, {"id": 2, "name": "other"}]}
+    if annotations:
+        data["annotations"] = [{"id": 1, "image_id": 5, "category_id": 1, "iscrowd": 0, "area": 4.0,
+                                "bbox": [1, 1, 2, 2], "segmentation": [[1, 1, 3, 1, 3, 3, 1, 3]]}]
+    (root / "annotations" / ann_name).write_text(json.dumps(data))
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for info in TINY_IMAGES:
+            Image.fromarray(pixels(4, 6)).save(root / folder / info["file_name"])
+    return root
+
+
+def coco_cfg(root: Path, **overrides):
+    return load_config("synth_r18_bfp", {"data.root": str(root), "model.backbone_pretrain": "", **overrides})
+
+
+def test_named_split_in_cocos_own_layout(tmp_path):
+    # Fails if a named split only looks in images/val2017 (COCO's archives unpack to val2017/).
+    root = coco_tree(tmp_path, "instances_val2017.json", ["val2017"])
+    ds = build_dataset(coco_cfg(root, **{"data.test": "coco2017_val"}), "test")
+    assert ds.img_dir == root / "val2017" and ds.ids == [2, 5] and ds.annotated
+    assert ds[1][1]["boxes"].tolist() == [[1, 1, 3, 3]]
+
+
+def test_the_seeds_layout_wins_when_both_exist(tmp_path):
+    # Fails if COCO's layout is preferred, or if the choice depends on listing order.
+    root = coco_tree(tmp_path, "instances_val2017.json", ["val2017", "images/val2017"])
+    assert build_dataset(coco_cfg(root, **{"data.test": "coco2017_val"}), "test").img_dir == root / "images" / "val2017"
+
+
+def test_no_image_folder_names_both_candidates(tmp_path):
+    # Fails if the message names one layout only, or spans lines.
+    root = coco_tree(tmp_path, "instances_val2017.json", [])
+    with pytest.raises(UsageError) as err:
+        build_dataset(coco_cfg(root, **{"data.test": "coco2017_val"}), "test")
+    assert str(err.value) == (f"image folder not found: neither {root}/images/val2017 nor {root}/val2017 exists "
+                              f"(images of {root}/annotations/instances_val2017.json) "
+                              f"(data.root={root}, data.test=coco2017_val)")
+    # an unnamed split has one candidate: the message of a single folder
+    write_split(tmp_path, "mine", TINY_IMAGES, [])
+    (tmp_path / "images" / "mine").rmdir()
+    with pytest.raises(UsageError, match=rf"^{tmp_path}/images/mine: image folder not found \(images of "):
+        build_dataset(coco_cfg(root, **{"data.test": "mine"}), "test")
+
+
+def test_test_dev_image_info_is_evaluated_not_trained_on(tmp_path):
+    # COCO test-dev: annotations/image_info_test-dev2017.json (images and categories, no
+    # "annotations") with its images in test2017/. Fails if the file is refused for evaluation,
+    # if its items are not empty targets with their ids, or if training on it is anything but a
+    # one-line error naming the file.
+    root = coco_tree(tmp_path, "image_info_test-dev2017.json", ["test2017"], annotations=False)
+    ds = build_dataset(coco_cfg(root, **{"data.test": "coco2017_test-dev"}), "test")
+    assert not ds.annotated and ds.ids == [2, 5] and ds.img_dir == root / "test2017"
+    assert "annotations" not in ds.coco.dataset and ds.categories == {1: "thing", 2: "other"}
+    image, target = ds[1]
+    assert image.shape == (3, 4, 6) and target["image_id"] == 5
+    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 4, 6)
+    with pytest.raises(UsageError) as err:
+        build_dataset(coco_cfg(root, **{"data.train": "coco2017_test-dev"}), "train")
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"{root}/annotations/image_info_test-dev2017.json: no 'annotations' (images only")
+    assert message.endswith("(data.root=" + str(root) + ", data.train=coco2017_test-dev)")
+
+
+def test_annotations_present_but_malformed_is_still_an_error(tmp_path):
+    # Fails if accepting image_info files made a broken "annotations" pass as absent.
+    write_split(tmp_path, "bad", TINY_IMAGES, [])
+    path = tmp_path / "annotations" / "instances_bad.json"
+    data = json.loads(path.read_text())
+    data["annotations"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=r"instances_bad.json: 'annotations' must be a list \(NoneType\)$"):
+        CocoDetection(tmp_path, "annotations/instances_bad.json", "images/bad")

@@ -106,8 +106,8 @@ def test_size_mismatch_and_colour_label_name_the_file(tmp_path):
 def test_missing_split_folder_and_unknown_names(tmp_path):
     with pytest.raises(UsageError, match=f"^{tmp_path}/leftImg8bit/train: folder not found"):
         SegmentationDataset(tmp_path, "cityscapes", "train")
-    with pytest.raises(UsageError, match="no split 'test'"):
-        SegmentationDataset(tmp_path, "cityscapes", "test")
+    with pytest.raises(UsageError, match="no split 'testing'"):
+        SegmentationDataset(tmp_path, "cityscapes", "testing")
     with pytest.raises(UsageError, match="'coco' is not a segmentation split .*cityscapes_train"):
         resolve_seg_split("coco")
     assert resolve_seg_split("voc2012_train_aug") == ("voc2012", "train_aug")
@@ -160,6 +160,72 @@ def test_voc_train_aug(tmp_path):
     assert [p[0].stem for p in ds.pairs] == ["2007_000032", "2007_000039", "2008_000002"]
     assert ds[0][1][0, :3].tolist() == [0, 15, 255]
     assert ds[2][1][0, :3].tolist() == [3, 4, 0]
+
+
+# -- test splits without labels, and the servers' files -------------------------------------------
+
+def png(data: bytes) -> Image.Image:
+    import io
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def test_cityscapes_test_has_no_labels_and_writes_label_ids(tmp_path):
+    # Cityscapes test: images only (gtFine/test holds placeholders; none here). Fails if the
+    # split is refused for want of labels, if an item invents a label, if training on it is not
+    # a one-line error, or if a prediction is written in trainIds (the server reads labelIds:
+    # car 13 -> 26, road 0 -> 7, bicycle 18 -> 33, sky 10 -> 23; cityscapesScripts' labels.py)
+    # or under another name than its image's.
+    for city, stem in (("berlin", "berlin_000000_000019"), ("bonn", "bonn_000001_000019")):
+        save(tmp_path / "leftImg8bit" / "test" / city / f"{stem}_leftImg8bit.png", rgb(len(city)))
+    ds = segmentation_dataset(tmp_path, "cityscapes_test")
+    assert not ds.labelled and [p[1] for p in ds.pairs] == [None, None]
+    image, label = ds[0]
+    assert image.shape == (3, H, W) and label is None
+    assert ds.result_format.startswith("Cityscapes labelIds")
+    pred = torch.zeros((H, W), dtype=torch.int64)
+    pred[0, :4] = torch.tensor([13, 0, 18, 10])
+    name, data = ds.result_file(1, pred)
+    assert name == "bonn_000001_000019_leftImg8bit.png"
+    written = png(data)
+    assert written.mode == "L" and written.size == (W, H)
+    values = np.asarray(written)
+    assert values[0, :4].tolist() == [26, 7, 33, 23] and (values[1:] == 7).all()
+    with pytest.raises(UsageError) as err:
+        segmentation_dataset(tmp_path, "cityscapes_test", train=True, augment={"crop_size": 4})
+    assert str(err.value).startswith("cityscapes test: the split has no labels") and "\n" not in str(err.value)
+    assert SEG_DATASETS["cityscapes_test"] == ("cityscapes", "test")
+
+
+def test_voc_test_writes_palette_indices_named_by_id(tmp_path):
+    # VOC 2012 test: ids of ImageSets/Segmentation/test.txt in JPEGImages/, no labels. Fails if a
+    # prediction is not a palette PNG of the class indices (the server reads the indices) with
+    # the VOC colour map (aeroplane (128, 0, 0), person (192, 128, 128), tvmonitor (0, 64, 128):
+    # the devkit's colours), or not results/VOC2012/Segmentation/comp6_test_cls/{id}.png.
+    base = voc(tmp_path)
+    save(base / "JPEGImages/2008_000001.jpg", rgb(9))
+    (base / "ImageSets/Segmentation/test.txt").write_text("2008_000001\n")
+    ds = segmentation_dataset(tmp_path, "voc2012_test")
+    assert not ds.labelled and len(ds) == 1 and ds[0][1] is None
+    pred = np.zeros((H, W), dtype=np.int64)
+    pred[0, :3] = [1, 15, 20]
+    name, data = ds.result_file(0, pred)
+    assert name == "results/VOC2012/Segmentation/comp6_test_cls/2008_000001.png"
+    written = png(data)
+    assert written.mode == "P" and written.size == (W, H)
+    assert np.asarray(written)[0, :4].tolist() == [1, 15, 20, 0]
+    colours = np.asarray(written.convert("RGB"))[0, :4].tolist()
+    assert colours == [[128, 0, 0], [192, 128, 128], [0, 64, 128], [0, 0, 0]]
+    # a labelled split of the same layout is unchanged, and a layout without a server format says so
+    assert SegmentationDataset(tmp_path, "voc2012", "val").labelled
+    save(tmp_path / "ADEChallengeData2016/images/validation/a.jpg", rgb(1))
+    save(tmp_path / "ADEChallengeData2016/annotations/validation/a.png", labels([1]))
+    ade = segmentation_dataset(tmp_path, "ade20k_val")
+    assert ade.result_format == ""
+    with pytest.raises(ValueError, match="no evaluation-server format"):
+        ade.result_file(0, pred)
 
 
 # -- ADE20K, LIP -------------------------------------------------------------------------------
