@@ -31,7 +31,7 @@ import yaml
 
 from fptbench.errors import UsageError
 from fptbench.paths import resolve_name_or_path
-from fptbench.yamlio import YAMLFileError, load_yaml
+from fptbench.yamlio import YAMLFileError, compose_yaml, load_yaml
 
 __all__ = [
     "BACKBONES",
@@ -44,12 +44,14 @@ __all__ = [
     "SOURCE_TAGS",
     "ConfigError",
     "Key",
+    "Origin",
     "ProfileRequest",
     "apply_overrides",
     "available_configs",
     "check_config",
     "check_value",
     "config_hash",
+    "config_origins",
     "default_config",
     "describe",
     "diff_configs",
@@ -112,8 +114,9 @@ class Key:
     sources: Mapping[Any, str] | None = None
 
 
-SOURCE_TAGS = ("paper", "code", "ours")
-"""What a :attr:`Key.sources` value may say: the paper, the authors' code, or fptbench's choice."""
+SOURCE_TAGS = ("paper", "code", "detectron2", "ours")
+"""What a :attr:`Key.sources` value may say: the paper, the authors' code, the field's standard
+where the paper is silent (detectron2's defaults, its Base-RCNN-FPN 1x), or fptbench's choice."""
 
 
 # Mirrors fptbench.modeling.backbone.RESNETS (this module imports no torch); a test pins the two.
@@ -132,8 +135,8 @@ SCHEMA: dict[str, Key] = {
     "model.backbone": Key("resnet50", str, "trunk whose C2..C5 feed the pyramid (torchvision name, randomly initialised)", choices=BACKBONES),
     "model.head": Key("mask_rcnn", str, "torchvision detector: mask_rcnn (boxes + masks) or faster_rcnn (boxes)", choices=("mask_rcnn", "faster_rcnn")),
     "model.num_classes": Key(91, int, "object classes including background (torchvision convention; COCO = 91)", min=2),
-    "model.trainable_backbone_layers": Key(5, int, "trunk stages left trainable, counted from the top, 0..5 (torchvision: 5 without pretrained weights)", min=0, max=5),
-    "model.backbone_norm": Key("bn", str, "trunk normalisation: bn = nn.BatchNorm2d (torchvision without pretrained weights), frozen_bn = FrozenBatchNorm2d", choices=("bn", "frozen_bn")),
+    "model.trainable_backbone_layers": Key(5, int, "trunk stages left trainable, counted from the top, 0..5 (torchvision: 5 without pretrained weights; the COCO configs: 3, stem and res2 frozen [detectron2: FREEZE_AT 2; code: RESNETS.FREEZE_AT 2])", min=0, max=5),
+    "model.backbone_norm": Key("bn", str, "trunk normalisation: bn = nn.BatchNorm2d (torchvision without pretrained weights), frozen_bn = FrozenBatchNorm2d (the COCO configs: the trunk keeps its ImageNet statistics [detectron2: FrozenBN; code: AffineChannel2d])", choices=("bn", "frozen_bn")),
     "model.min_size": Key(800, int, "resized short image side, pixels (GeneralizedRCNNTransform)", min=1, max=MAX_SIDE),
     "model.max_size": Key(1333, int, "cap on the resized long image side, pixels (GeneralizedRCNNTransform)", min=1, max=MAX_SIDE),
     "model.pixel": Key("torchvision", str, "pixel convention: torchvision = RGB in [0, 1] normalised by ImageNet mean/std; caffe = BGR in [0, 255] minus the Detectron mean, no std (Detectron weights)", choices=("torchvision", "caffe")),
@@ -146,12 +149,17 @@ SCHEMA: dict[str, Key] = {
     "model.rpn_post_nms_top_n_test": Key(1000, int, "RPN proposals kept after NMS at inference (torchvision: 1000)", min=1),
     "model.box_batch_size_per_image": Key(512, int, "RoIs sampled per image for the box (and mask) head losses (torchvision: 512)", min=1),
     "model.box_positive_fraction": Key(0.25, float, "largest share of positives among the sampled RoIs; the mask head trains on these positives (torchvision: 0.25)", min=0.0, max=1.0),
-    "model.roi_sampling_ratio": Key(2, int, "RoIAlign sampling points per bin side in the box and mask poolers (torchvision: 2; 0 = adaptive)", min=0),
+    "model.roi_sampling_ratio": Key(2, int, "RoIAlign sampling points per bin side in the box and mask poolers, the authors' every-level poolers too (torchvision: 2; 0 = adaptive; [code]: 2)", min=0),
     "model.fpn_channels": Key(FPT_CHANNELS, int, "pyramid width d: every FPN/FPT level and the heads' input, channels [paper: 256]", min=1),
-    "model.box_head_dim": Key(1024, int, "width of the box head's two fully connected layers (torchvision TwoMLPHead: 1024)", min=1),
-    "model.mask_head_channels": Key(256, int, "width of the mask head's four 3x3 convs and its deconv (torchvision MaskRCNNHeads: 256)", min=1),
+    "model.box_head_dim": Key(1024, int, "width of the box head's fully connected layers: torchvision's TwoMLPHead has two (1024), the authors' xconv1fc_gn_fpt one (FAST_RCNN.MLP_HEAD_DIM 1024)", min=1),
+    "model.mask_head_channels": Key(256, int, "width of the mask head's 3x3 convs and its deconv, either head (torchvision MaskRCNNHeads: 256; [code]: MRCNN.DIM_REDUCED 256; v1up4convs_gn_adp_ff: a multiple of 64, its fc branch halves it under GroupNorm of 32)", min=1),
+    "model.box_head": Key("torchvision", str, "box head after RoIAlign: torchvision = TwoMLPHead on each RoI's own level (detectron2's default 2fc head) [detectron2]; xconv1fc_gn_fpt = the authors' roi_Xconv1fc_gn_head_fptnet: RoIAlign from every level, one 3x3 GN conv per level, element-wise max, 3x3 GN convs, one fc [code]", choices=("torchvision", "xconv1fc_gn_fpt"), sources={"torchvision": "detectron2", "xconv1fc_gn_fpt": "code"}),
+    "model.box_head_conv_dim": Key(256, int, "width of the 3x3 convs of the box head xconv1fc_gn_fpt, channels [code: FAST_RCNN.CONV_HEAD_DIM 256]", min=1),
+    "model.mask_head": Key("torchvision", str, "mask head of Mask R-CNN (ignored by faster_rcnn): torchvision = MaskRCNNHeads, four 3x3 convs on each RoI's own level (detectron2's default) [detectron2]; v1up4convs_gn_adp_ff = the authors' mask_rcnn_fcn_head_v1up4convs_gn_adp_ff: PANet's adaptive feature pooling from every level and fully-connected fusion, GroupNorm [code]", choices=("torchvision", "v1up4convs_gn_adp_ff"), sources={"torchvision": "detectron2", "v1up4convs_gn_adp_ff": "code"}),
+    "model.box_nms_thresh": Key(0.5, float, "IoU threshold of the per-class NMS over the final detections (torchvision and detectron2: 0.5; [code]: TEST.NMS 0.5 in their configs)", min=0.0, max=1.0),
     "model.weights": Key("", str, "local detection checkpoint loaded before training, e.g. torchvision's COCO Mask R-CNN .pth ('' = none); FPT keys may be missing"),
-    "model.backbone_weights": Key("", str, "local torchvision ImageNet classification checkpoint for the trunk ('' = none, random init)"),
+    "model.backbone_weights": Key("", str, "the trunk's starting weights: imagenet = torchvision's ImageNet file of model.backbone [detectron2: ImageNet trunks; torchvision's references' file]; detectron = Detectron's caffe2 .pkl of model.backbone (R-50.pkl, ...) [code]; both looked up in model.weights_dir (`fptbench weights CONFIG` lists them); scratch = random init, asked for by name [ours]; a path = that file (.pth: torchvision keys, .pkl: Detectron blobs); '' = none given (random init; refused for a COCO detection run)", sources={"imagenet": "detectron2", "detectron": "code", "scratch": "ours"}),
+    "model.weights_dir": Key("", str, "folder where the named trunk files of model.backbone_weights (imagenet, detectron) are looked up ('' = $FPTBENCH_WEIGHTS_DIR, else data/pretrained); relative paths are from the working directory"),
     "model.backbone_pretrain": Key("", str, "config (name or path) whose training run pre-trains the trunk, once: cached under data.root/pretrained/ by a digest of that config and the data, then loaded as model.backbone_weights would be ('' = none) [ours]"),
     "model.pretrain_heads": Key(False, bool, "with model.backbone_pretrain: also start the RPN and RoI heads from that run; the neck (FPN, transformers) starts fresh [ours: a CPU budget cannot re-learn the heads]"),
     "model.stride_in_1x1": Key(False, bool, "stride each stage's first Bottleneck in its 1x1 conv, as Detectron's MSRA trunks (the seed's .pkl weights) were trained [code]; false = torchvision (3x3) [ours]", sources={True: "code", False: "ours"}),
@@ -202,18 +210,25 @@ SCHEMA: dict[str, Key] = {
     "seg.test_flip": Key(False, bool, "add each scale's horizontally flipped pass at test (logits averaged)"),
     "seg.test_scales": Key([1.0], list, "image scale factors at test, logits averaged ([1.0] = single scale; the field's multi-scale test: 0.5, 0.75, 1.0, 1.25, 1.5, 1.75)", item=float, min=0.0),
     # data: where images and annotations come from (fptbench.data)
-    "data.root": Key("data/coco", str, "dataset folder: annotations/instances_{split}.json and images/{split}/ (the seed's layout); relative paths are from the working directory"),
+    "data.root": Key("data/coco", str, "dataset folder: annotations/instances_{split}.json with images/{split}/ (the seed's layout) or, for the named COCO splits, {split}/ beside annotations/ (COCO's own layout); relative paths are from the working directory"),
     "data.train": Key("coco2017_train", str, "training split: a named dataset (coco2017_train, coco2014_train, ...) or a split name under data.root"),
-    "data.test": Key("coco2017_val", str, "evaluation split, as data.train (coco2017_val, coco2014_minival, ...)"),
+    "data.test": Key("coco2017_val", str, "evaluation split, as data.train (coco2017_val, coco2014_minival, ...); a split without annotations (coco2017_test-dev, cityscapes_test, voc2012_test) is run, not scored: its results files are written for the evaluation server"),
     "data.num_workers": Key(2, int, "data-loader worker processes per device (0 = load in the main process)", min=0),
     "data.max_images": Key(0, int, "use only the first N images of each split, by image id (0 = all)", min=0),
     "data.flip": Key(True, bool, "random horizontal flip in training (probability 0.5)"),
     # train: optimisation and schedule (fptbench.engine); iterations count optimizer steps
     "train.images_per_device": Key(2, int, "images per device per iteration [code: 2 per GPU]", min=1),
+    "train.accumulate": Key(1, int, "micro-batches per optimizer step, gradients accumulated: the effective batch is world size x images_per_device x accumulate; 0 = as many as reach train.reference_batch [ours]", min=0),
+    "train.reference_batch": Key(0, int, "effective batch (images per optimizer step) at which train.base_lr, max_iter, steps, warmup_iters and checkpoint_period are given; a run at another batch B scales them by the linear rule, LR x B/ref and iterations x ref/B, as the authors' train_net_step.py does [code]; 0 = use them as given (COCO configs: 16 [detectron2, code])", min=0),
+    "train.aspect_grouping": Key(True, bool, "detection training batches hold images of one orientation (width >= height, or not), so that a batch pads little [detectron2; code: TRAIN.ASPECT_GROUPING]; segmentation crops are all one size", sources={True: "detectron2"}),
     "train.max_iter": Key(90000, int, "length of the run, iterations", min=1),
     "train.base_lr": Key(0.02, float, "SGD learning rate after warm-up, for the whole batch", min=0.0),
     "train.momentum": Key(0.9, float, "SGD momentum [code]", min=0.0, max=1.0),
     "train.weight_decay": Key(1.0e-4, float, "SGD weight decay [code]", min=0.0),
+    "train.weight_decay_bias": Key(None, float, "weight decay of biases (null = train.weight_decay) [detectron2: null; code: 0, Detectron's BIAS_WEIGHT_DECAY false]", min=0.0, nullable=True),
+    "train.weight_decay_norm": Key(None, float, "weight decay of normalisation layers' weights (those of train.norm_decay_layers; null = train.weight_decay, torch's SGD over every parameter) [detectron2: 0; code: 0, WEIGHT_DECAY_GN]", min=0.0, nullable=True),
+    "train.norm_decay_layers": Key("all", str, "which layers' weights get train.weight_decay_norm: all = every normalisation layer (BatchNorm, GroupNorm, ...) [detectron2]; groupnorm = GroupNorm only, BatchNorm weights keep train.weight_decay [code: train_net_step.py's gn_params]", choices=("all", "groupnorm"), sources={"all": "detectron2", "groupnorm": "code"}),
+    "train.bias_lr_factor": Key(1.0, float, "learning-rate factor of biases [detectron2: 1; code: 2, Detectron's BIAS_DOUBLE_LR]", min=0.0),
     "train.warmup_iters": Key(500, int, "linear warm-up length, iterations [code: 500]", min=0),
     "train.warmup_factor": Key(0.3333333333, float, "learning-rate factor at iteration 0 of the warm-up [code: 1/3]", min=0.0, max=1.0),
     "train.steps": Key([60000, 80000], list, "iterations at which the learning rate is multiplied by train.gamma (train.schedule step)", item=int, min=0),
@@ -428,6 +443,80 @@ def read_chain(path: Path, stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     return flat
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a config file sets a key: ``file`` (as messages name it), ``line`` (from 1) and the
+    comment written beside the value (with its continuation lines), which says where the value
+    comes from in the shipped configs (``SOLVER.BASE_LR 0.05 (e2e_fptnet_R-50_mask.yaml:10)``)."""
+
+    file: str
+    line: int
+    comment: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" + (f": {self.comment}" if self.comment else "")
+
+
+def _comment_at(lines: list[str], index: int) -> str:
+    """The ``# ...`` comment ending line ``index`` (0-based), joined with the comment-only lines
+    right below it that start in the same column (a comment continued)."""
+    line = lines[index]
+    column = -1
+    quote = None
+    for i, char in enumerate(line):  # the first '#' outside quotes that starts a comment
+        if char in "'\"" and quote in (None, char):
+            quote = None if quote else char
+        elif char == "#" and quote is None and (i == 0 or line[i - 1] in " \t"):
+            column = i
+            break
+    if column < 0:
+        return ""
+    parts = [line[column + 1:].strip()]
+    for below in lines[index + 1:]:
+        if below.strip().startswith("#") and len(below) - len(below.lstrip()) == column:
+            parts.append(below.strip()[1:].strip())
+        else:
+            break
+    return " ".join(part for part in parts if part)
+
+
+def _file_origins(path: Path) -> dict[str, Origin]:
+    """dotted key -> :class:`Origin` of every leaf key that ``path`` itself sets."""
+    shown = _shown(path)
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    _, root = compose_yaml(text, shown)
+    out: dict[str, Origin] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            if key in SCHEMA:
+                line = key_node.start_mark.line
+                out[key] = Origin(shown, line + 1, _comment_at(lines, line))
+            else:
+                walk(value_node, f"{key}.")
+
+    walk(root, "")
+    return out
+
+
+def config_origins(path_or_name: str | Path, stack: tuple[Path, ...] = ()) -> dict[str, Origin]:
+    """dotted key -> where the config file (or its ``_base_`` chain) sets it, the file itself last
+    as :func:`read_chain` applies them; keys at their schema default are absent. The file must
+    have loaded (:func:`load_config`): errors are not repeated here."""
+    path = resolve_config(path_or_name)
+    data = _read_yaml(path)
+    bases = data.get("_base_", [])
+    out: dict[str, Origin] = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        out.update(config_origins(path.parent / base, (*stack, path.resolve())))
+    out.update(_file_origins(path))
+    return out
+
+
 def _parse_override(text: Any, where: str) -> Any:
     if not isinstance(text, str):
         return text  # already a Python value (API callers)
@@ -533,6 +622,16 @@ def check_config(cfg: Mapping, where: str = "config") -> dict:
                    f"{flat['model.fpn_channels']}; or set fpt.norm bn or none")
     if flat["gt.window"] != 0 and flat["gt.window"] % 2 == 0:
         raise fail(f"gt.window={flat['gt.window']} must be 0 (global GT) or an odd window side >= 1")
+    if flat["model.box_head"] == "xconv1fc_gn_fpt" and flat["model.box_head_conv_dim"] % 32:
+        raise fail(f"model.box_head=xconv1fc_gn_fpt (GroupNorm of 32 groups [code]) needs model.box_head_conv_dim "
+                   f"divisible by 32, got {flat['model.box_head_conv_dim']}")
+    if (flat["model.head"] == "mask_rcnn" and flat["model.mask_head"] == "v1up4convs_gn_adp_ff"
+            and flat["model.mask_head_channels"] % 64):
+        raise fail(f"model.mask_head=v1up4convs_gn_adp_ff (GroupNorm of 32 groups [code], its fc branch at half the "
+                   f"width) needs model.mask_head_channels divisible by 64, got {flat['model.mask_head_channels']}")
+    if flat["train.accumulate"] == 0 and not flat["train.reference_batch"]:
+        raise fail("train.accumulate=0 accumulates up to train.reference_batch, which is 0 (none): set "
+                   "train.reference_batch, or train.accumulate N")
     if len(flat["model.anchor_sizes"]) != 5:
         raise fail(f"model.anchor_sizes={flat['model.anchor_sizes']} needs one size per level P2..P6 (5 values)")
     if flat["train.steps"] != sorted(flat["train.steps"]):
@@ -593,11 +692,14 @@ def _scalar(value: Any) -> str:
     return text[:-3].strip() if text.endswith("\n...") or text.endswith("...") else text
 
 
-def dump_config(cfg: Mapping) -> str:
-    """YAML of a config, sections and keys in schema order, each key with its one-line doc.
+def dump_config(cfg: Mapping, origins: Mapping[str, Any] | None = None) -> str:
+    """YAML of a config, sections and keys in schema order, each key with its one-line doc, and,
+    for a key in ``origins`` (dotted key -> :class:`Origin` or text), a comment line below it
+    saying where its value was set (``<- maskrcnn_r50_fpt_code.yaml:61: SOLVER.BASE_LR 0.05 ...``).
 
     ``yaml.safe_load(dump_config(cfg)) == cfg``, and the text is itself a loadable config file.
     """
+    origins = origins or {}
     lines: list[str] = []
     order = sections() + [name for name in cfg if name not in sections()]
     for name in order:
@@ -607,6 +709,8 @@ def dump_config(cfg: Mapping) -> str:
         if not isinstance(value, Mapping):
             doc = SCHEMA[name].doc if name in SCHEMA else ""
             lines.append(_with_doc(f"{name}: {_scalar(value)}", doc))
+            if name in origins:
+                lines.append(_with_doc("", f"  <- {origins[name]}"))
             continue
         lines.append(f"{name}:")
         keys = [k for k in SCHEMA if k.startswith(f"{name}.")]
@@ -615,6 +719,8 @@ def dump_config(cfg: Mapping) -> str:
         for leaf in leaves:
             spec = SCHEMA.get(f"{name}.{leaf}")
             lines.append(_with_doc(f"  {leaf}: {_scalar(value[leaf])}", spec.doc if spec else ""))
+            if f"{name}.{leaf}" in origins:
+                lines.append(_with_doc("", f"  <- {origins[f'{name}.{leaf}']}"))
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,10 @@ MIN_SIZE, MAX_SIZE = 160, 224  # small images keep the file to seconds of CPU
 
 SMALL = {"model.min_size": MIN_SIZE, "model.max_size": MAX_SIZE}
 
+# torchvision's trunk settings without pre-trained weights (BatchNorm, every stage trains): the
+# COCO configs freeze as detectron2 does, so the comparisons with torchvision's builders set these.
+TORCHVISION = {"model.backbone_norm": "bn", "model.trainable_backbone_layers": 5}
+
 
 def make_cfg(name: str, overrides: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     """A shipped config with dotted-key ``overrides`` (Python values) applied and checked."""
@@ -50,7 +54,7 @@ def test_bfp_equals_torchvision_maskrcnn():
     # The spec's baseline: with every transformer off the model *is* torchvision's
     # maskrcnn_resnet50_fpn, so its checkpoints load strictly and give bit-identical outputs.
     torch.manual_seed(0)
-    ours = build_model(make_cfg("maskrcnn_r50_bfp", SMALL))
+    ours = build_model(make_cfg("maskrcnn_r50_bfp", {**SMALL, **TORCHVISION}))
     theirs = maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=91, min_size=MIN_SIZE, max_size=MAX_SIZE
     )
@@ -138,7 +142,7 @@ def test_faster_rcnn_has_no_mask_branch():
     # model.head: faster_rcnn is torchvision's fasterrcnn_resnet50_fpn (same keys and shapes),
     # and its detections carry no masks.
     with torch.device("meta"):
-        ours = build_model(make_cfg("fasterrcnn_r50_bfp"))
+        ours = build_model(make_cfg("fasterrcnn_r50_bfp", TORCHVISION))
         theirs = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     assert type(ours) is type(theirs)
     assert shapes(ours) == shapes(theirs)
@@ -159,7 +163,7 @@ def test_bfp_at_default_widths_draws_torchvisions_initial_weights():
     # at those defaults the heads are torchvision's own, built in its order: same seed, same
     # initial weights (a model that built its heads itself would draw them in another order).
     torch.manual_seed(0)
-    ours = build_model(make_cfg("maskrcnn_r50_bfp", SMALL))
+    ours = build_model(make_cfg("maskrcnn_r50_bfp", {**SMALL, **TORCHVISION}))
     torch.manual_seed(0)
     theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91,
                                    min_size=MIN_SIZE, max_size=MAX_SIZE)
@@ -204,7 +208,7 @@ def test_every_backbone_is_torchvisions(name):
     # Each model.backbone name must be torchvision's classification network of that name
     # without avgpool/fc (same keys, shapes and parameter count) under torchvision's FPN.
     with torch.device("meta"):
-        ours = build_backbone(make_cfg("maskrcnn_r50_bfp", {"model.backbone": name}))
+        ours = build_backbone(make_cfg("maskrcnn_r50_bfp", {"model.backbone": name, **TORCHVISION}))
         classifier = getattr(torchvision.models, name)(weights=None)
         theirs = resnet_fpn_backbone(
             backbone_name=name, weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
