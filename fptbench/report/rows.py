@@ -35,8 +35,8 @@ from typing import Any, Mapping, Sequence
 
 from fptbench.errors import UsageError
 
-__all__ = ["NECKS", "SEG_NECKS", "SEG_BASELINE", "SEG_METRICS", "Row", "Layout", "neck_name", "seg_neck_name",
-           "dataset_key", "collect_rows", "values", "stats", "COLUMNS", "Column", "class_iou_column"]
+__all__ = ["NECKS", "SEG_NECKS", "SEG_BASELINE", "SEG_METRICS", "DELTA_COLUMNS", "Row", "Layout", "neck_name",
+           "seg_neck_name", "dataset_key", "collect_rows", "values", "stats", "COLUMNS", "Column", "class_iou_column"]
 
 NECKS = ("BFP", "+ST", "+GT", "+RT", "+ST+GT", "+ST+RT", "+GT+RT", "FPT")
 """Row order of the paper's ablation: the baseline, each transformer alone, in pairs, all three."""
@@ -168,6 +168,8 @@ for _task, _word in (("bbox", "box"), ("segm", "mask")):
         COLUMNS[f"{_task}.{_name}"] = Column(f"{_task}.{_name}", f"{_word} {_name}", "ap", _metric(_task, _name))
 SEG_METRICS = ("seg.mIoU", "seg.pixel_acc", "seg.mean_acc")
 """Semantic segmentation's scores, ``record["metrics"]["segmentation"]`` (percent)."""
+DELTA_COLUMNS = ("bbox.AP", "segm.AP")
+"""The detection columns whose Δ against BFP (and the paper's relative gain) the AP tables show."""
 for _column, _header in zip(SEG_METRICS, ("mIoU", "pixel acc", "mean acc")):
     COLUMNS[_column] = Column(_column, _header, "ap", _metric("segmentation", _column.split(".", 1)[1]))
 COLUMNS.update({c.id: c for c in (

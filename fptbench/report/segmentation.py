@@ -7,7 +7,8 @@ Built by :func:`build_segmentation_tables` for a matrix of ``model.task: segment
   ``+FPT (LGT)``, and any other varying axis as a column); mIoU, pixel acc, mean acc, Params,
   GFLOPs, latency; Δ mIoU against the dataset's ``baseline`` row with Welch's p over seeds, as
   the detection tables do it (:mod:`.significance`), and the paper's stated gain beside the
-  rows the reference file names (``segmentation_gains``: ``cityscapes/+FPT (LGT)`` ...).
+  row whose records are the setting of a ``segmentation_gains`` entry (table, backbone, head,
+  neck, split and schedule: :mod:`.reference`), if any.
 - ``per_class_iou_<dataset>``: one row per class, one column per setting; IoU mean ± std over
   the seeds that score the class (a null IoU: the class neither in the ground truth nor
   predicted, left out, footnoted where it leaves fewer seeds than the setting has).
@@ -107,8 +108,8 @@ def _miou_table(layout: Layout, dataset: str | None, rows: list[Row], reference:
     means: dict[str, list[float | None]] = {}
     for column in SEG_METRICS + _COST:
         means[column] = b.stat(column)
-        b.reference(column, f"paper {COLUMNS[column].header}",
-                    [reference.value("segmentation", f"{r.dataset}/{r.neck}", column) for r in rows], COLUMNS[column].kind)
+        b.reference(column, f"paper {COLUMNS[column].header}", reference.values("tables", "segmentation", rows, column),
+                    COLUMNS[column].kind)
     refs = [layout.bfp_for(row) for row in rows]
     with_delta = any(r is not None for r in refs)
     shows_gain = False
@@ -116,14 +117,15 @@ def _miou_table(layout: Layout, dataset: str | None, rows: list[Row], reference:
     if with_delta:
         ps = _welch(rows, refs, "seg.mIoU", sizes)
         _delta(b, rows, refs, means["seg.mIoU"], "seg.mIoU", ps, "Δ mIoU", "delta_seg.mIoU", percent=False)
-        gains = [reference.seg_gain(r.dataset, r.neck) for r in rows]
-        b.reference("gain_seg.mIoU", "paper Δ mIoU", gains, "delta")
+        entries = reference.lookup("segmentation_gains", "segmentation", rows, "seg.mIoU")
+        b.reference("gain_seg.mIoU", "paper Δ mIoU", [None if e is None else e.values["seg.mIoU"] for e in entries],
+                    "delta")
         shows_gain = "paper_gain_seg.mIoU" in b.data
-        for i, (row, gain) in enumerate(zip(rows, gains)):
-            if gain is not None:
-                scored = f"this row is scored on {_dataset_words([row])}" if row.records else "this row has no record yet"
-                b.footnote(i, "paper Δ mIoU", f"the gain the paper states on {reference.seg_split(row.dataset)}, "
-                           f"in mIoU points (its FPT over its own baseline); {scored}.")
+        for i, entry in enumerate(entries):
+            if entry is not None:
+                b.footnote(i, "paper Δ mIoU", f"the gain the paper states for {entry.describe()}"
+                           + (f" ({entry.where})" if entry.where else "")
+                           + ", in mIoU points (its FPT over its own baseline).")
         _p_column(b, rows, refs, ps, "p Δ mIoU", "p_delta_seg.mIoU")
     b.notes.append(_seg_notes(rows))
     if with_delta:
@@ -136,9 +138,11 @@ def _miou_table(layout: Layout, dataset: str | None, rows: list[Row], reference:
     b.notes.append(f"{DASH}: no complete record (footnote). {NA}: no such value in the records (no pixel scored, "
                    "or no baseline row to compare with).")
     if shows_gain:
-        b.notes.append(f"paper Δ mIoU: the gain the paper states, {reference.seg_gains_setting} Shown beside the "
-                       "rows the reference file names only; compare it with Δ mIoU, not with mIoU.")
-    b.notes += _reference_notes(reference, "segmentation", False)
+        setting = f", {reference.seg_gains_setting.rstrip('.')}" if reference.seg_gains_setting else ""
+        b.notes.append(f"paper Δ mIoU: the gain the paper states{setting}. Shown only beside the row whose records "
+                       "are the paper's setting (footnote); compare it with Δ mIoU, not with mIoU.")
+    b.notes += _reference_notes(reference, "segmentation", rows, gains="segmentation_gains" if with_delta else None,
+                                dataset=dataset)
     return b.table()
 
 

@@ -20,6 +20,9 @@ column, Welch's t-test of the two rows' seeds (:mod:`.significance`), and a ``*`
 p < 0.05, with a note under the table saying the test, the level and n per group; n/a where
 either row has fewer than 2 seeds. A row whose cells have no complete record is kept: dashes,
 and a numbered footnote with each run id and its state. ``n/a``: the records hold no such value.
+A ``paper ...`` column holds the reference file's value (:mod:`.reference`) beside the one row
+whose records match the table, backbone, head, neck, split and schedule of its entry; the notes
+name the values the file gives but sets beside no row (a setting not confirmed, or ambiguous).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import pandas as pd
 
 from fptbench.report import significance
 from fptbench.report.reference import Reference
-from fptbench.report.rows import AP_NAMES, COLUMNS, NECKS, Layout, Row, stats, values
+from fptbench.report.rows import AP_NAMES, COLUMNS, DELTA_COLUMNS, NECKS, Layout, Row, stats, values
 
 __all__ = ["Table", "build_tables", "fmt_number", "DASH", "NA"]
 
@@ -42,7 +45,6 @@ DASH = "–"
 NA = "n/a"
 """A value the records do not hold (no mask head, COCOeval's -1, no BFP row to compare with)."""
 
-_DELTA_OF = ("bbox.AP", "segm.AP")
 _COST = ("params_m", "gflops", "latency_ms")
 _COMPLEXITY = ("params_m", "gflops", "neck_gflops", "attn_gflops", "latency_ms", "latency_p90_ms",
                "neck_latency_ms", "peak_memory_mb")
@@ -204,38 +206,38 @@ def _has_masks(rows: list[Row]) -> bool:
 
 
 def _ap_table(name: str, title: str, layout: Layout, rows: list[Row],
-              descriptors: list[tuple[str, Callable[[Row], Any]]], reference: Reference,
-              ref_key: Callable[[Row], str | None]) -> Table:
+              descriptors: list[tuple[str, Callable[[Row], Any]]], reference: Reference) -> Table:
     """Descriptors, n, box (and mask) AP..APl, Params, GFLOPs, latency, then Δ box/mask AP against
     the BFP row of the same context (when there is one) with Welch's p, each metric followed by its
-    paper column where the reference knows a value."""
+    paper column (and each Δ by the paper's relative gain) where the reference file has an entry
+    of table ``name`` whose setting is that row's (:meth:`Reference.lookup`)."""
     b = _Builder(name, title, rows)
     _common(b, descriptors)
     metrics = [f"bbox.{m}" for m in AP_NAMES] + ([f"segm.{m}" for m in AP_NAMES] if _has_masks(rows) else [])
     means: dict[str, list[float | None]] = {}
     for column in metrics + list(_COST):
         means[column] = b.stat(column)
-        keys = [ref_key(row) for row in rows]
-        b.reference(column, f"paper {COLUMNS[column].header}",
-                    [None if k is None else reference.value(name, k, column) for k in keys], COLUMNS[column].kind)
+        b.reference(column, f"paper {COLUMNS[column].header}", reference.values("tables", name, rows, column),
+                    COLUMNS[column].kind)
     bfp = [layout.bfp_for(row) for row in rows]
     with_delta = any(r is not None for r in bfp)
     sizes: list[tuple[int, int]] = []
     if with_delta:
-        for column in _DELTA_OF:
+        for column in DELTA_COLUMNS:
             if column not in means:
                 continue
             word = COLUMNS[column].header
             ps = _welch(rows, bfp, column, sizes)
             _delta(b, rows, bfp, means[column], column, ps, f"Δ {word}", f"delta_{column}", percent=True)
+            gains = reference.values("relative_gains", name, rows, column)
             b.reference(f"gain_pct_{column}", f"paper Δ {word} (%)",
-                        [None if column.startswith("segm") and row.head == "faster_rcnn" else reference.gain(row.neck, column)
-                         for row in rows], "delta")
+                        [None if column.startswith("segm") and row.head == "faster_rcnn" else gain
+                         for row, gain in zip(rows, gains)], "delta")
             _p_column(b, rows, bfp, ps, f"p Δ {word}", f"p_delta_{column}")
     versus = [layout.compared_row(row) for row in rows] if name == "design" else []
     with_versus = any(r is not None for r in versus)
     if with_versus:
-        for column in _DELTA_OF:
+        for column in DELTA_COLUMNS:
             if column in means:
                 header = f"Δ {COLUMNS[column].header} vs ref"
                 ps = _welch(rows, versus, column, sizes)
@@ -252,7 +254,10 @@ def _ap_table(name: str, title: str, layout: Layout, rows: list[Row],
     if with_delta or with_versus:
         against = " and ".join(w for w, on in (("the BFP row (Δ)", with_delta), ("the reference row (Δ … vs ref)", with_versus)) if on)
         delta_notes.append(significance.note(sizes, against))
-    b.notes += _ap_notes(layout, rows, delta_notes, reference, name, any(f"paper_gain_pct_{c}" in b.data for c in _DELTA_OF))
+    shows_gain = any(f"paper_gain_pct_{c}" in b.data for c in DELTA_COLUMNS)
+    b.notes += _ap_notes(layout, rows, delta_notes)
+    b.notes += _reference_notes(reference, name, rows, gains="relative_gains" if with_delta else None,
+                                shows_gain=shows_gain)
     return b.table()
 
 
@@ -345,26 +350,34 @@ def _bfp_note(layout: Layout) -> str:
             + "; Δ (%) = 100 · Δ / BFP; ref = the BFP row itself.")
 
 
-def _ap_notes(layout: Layout, rows: list[Row], delta_notes: list[str], reference: Reference, name: str,
-              shows_gain: bool) -> list[str]:
+def _ap_notes(layout: Layout, rows: list[Row], delta_notes: list[str]) -> list[str]:
     notes = [f"AP: COCO AP in percent on {_dataset_words(rows)}; mean ± sample standard deviation "
              f"over seeds, n = seeds with a complete record (n = 1: the one run, no ±)."]
     notes += delta_notes
     notes.append(f"GFLOPs = 2 × GMACs (fvcore, with our attention handles); GFLOPs and latency: {_profile_words(rows)}.")
     notes.append(f"{DASH}: no complete record (footnote). {NA}: no such value in the records (no mask head, "
                  "COCOeval's -1 for a size with no objects, or no BFP row to compare with).")
-    notes += _reference_notes(reference, name, shows_gain)
     return notes
 
 
-def _reference_notes(reference: Reference, name: str, shows_gain: bool) -> list[str]:
+def _reference_notes(reference: Reference, table: str, rows: list[Row], *, gains: str | None = None,
+                     shows_gain: bool = False, dataset: str | None = None) -> list[str]:
+    """The notes on the paper's values in ``table``: the gain shown (``shows_gain``), the values of
+    ``tables.<table>`` and of the ``gains`` section that are set beside no row and why
+    (:meth:`Reference.unshown`; ``dataset``: of a per-dataset table only), and the source."""
     if reference.path is None:
         return ["paper: no reference file was read, so no paper values are shown."]
     out = []
-    if shows_gain:
-        out.append(f"paper Δ (%): the relative gain over BFP that the paper states: {reference.gains_setting}")
-    text = reference.table_notes.get(name)
-    out.append(f"paper values: {reference.source_line()}; shown only where known. "
+    unshown = reference.unshown(gains, table, rows, dataset=dataset) if gains is not None else []
+    if gains == "relative_gains" and (shows_gain or unshown):
+        out.append("paper Δ (%): the relative gain over BFP that the paper states"
+                   + (f": {reference.gains_setting.rstrip('.')}" if reference.gains_setting else "")
+                   + ". Shown only beside the row whose records are the paper's setting.")
+    out += unshown
+    out += reference.unshown("tables", table, rows, dataset=dataset)
+    text = reference.table_notes.get(table)
+    out.append(f"paper values: {reference.source_line()}; shown only beside the row whose records match the "
+               "table, backbone, head, neck, split and schedule of the paper's setting. "
                + (text or reference.note or "Every other value is unknown."))
     return out
 
@@ -389,7 +402,7 @@ def _ablation(layout: Layout, reference: Reference) -> Table:
     rows = sorted(layout.rows, key=lambda r: (tuple(firsts[a][repr(r.axes.get(a))] for a in context), _neck_rank(r), r.order))
     descriptors = [("neck", lambda r: r.name)] + [(a, (lambda a: lambda r: r.axes.get(a))(a)) for a in context]
     return _ap_table("ablation", "Ablation of the Self-, Grounding- and Rendering-Transformers (ST, GT, RT)",
-                     layout, rows, descriptors, reference, lambda r: r.neck)
+                     layout, rows, descriptors, reference)
 
 
 def _backbone_head(layout: Layout, reference: Reference) -> Table:
@@ -406,18 +419,13 @@ def _backbone_head(layout: Layout, reference: Reference) -> Table:
     descriptors = [("backbone", lambda r: r.backbone), ("head", lambda r: r.head), ("neck", lambda r: r.name)]
     descriptors += [(a, (lambda a: lambda r: r.axes.get(a))(a)) for a in setting_axes]
     return _ap_table("backbone_head", "BFP vs FPT across backbones and detection heads", layout, rows,
-                     descriptors, reference, lambda r: f"{r.backbone}/{r.head}/{r.neck}")
-
-
-def _design_key(layout: Layout, row: Row) -> str:
-    return ", ".join(f"{a}={_text(row.axes.get(a))}" for a in layout.design_axes)
+                     descriptors, reference)
 
 
 def _design(layout: Layout, reference: Reference) -> Table:
     descriptors = [(a, (lambda a: lambda r: r.axes.get(a))(a)) for a in layout.varying] + [("neck", lambda r: r.neck)]
     rows = sorted(layout.rows, key=lambda r: r.order)
-    return _ap_table("design", "Design choices, one row per setting", layout, rows, descriptors, reference,
-                     lambda r: _design_key(layout, r))
+    return _ap_table("design", "Design choices, one row per setting", layout, rows, descriptors, reference)
 
 
 def _complexity(layout: Layout, reference: Reference) -> Table:
@@ -428,11 +436,10 @@ def _complexity(layout: Layout, reference: Reference) -> Table:
         descriptors = [("neck", lambda r: r.name)]
     _common(b, descriptors)
     seg = layout.task == "segmentation"
+    table = "segmentation" if seg else "complexity"  # a segmentation run's cost is in the paper's segmentation table
     for column in _COMPLEXITY:
         b.stat(column)
-        b.reference(column, f"paper {COLUMNS[column].header}",
-                    [reference.value("segmentation", f"{r.dataset}/{r.neck}", column) if seg else
-                     reference.value("complexity", f"{r.backbone}/{r.head}/{r.neck}", column) for r in rows],
+        b.reference(column, f"paper {COLUMNS[column].header}", reference.values("tables", table, rows, column),
                     COLUMNS[column].kind)
     sizes, devices = [], []
     for row in rows:
@@ -452,7 +459,7 @@ def _complexity(layout: Layout, reference: Reference) -> Table:
         "allocated, or on the CPU the resident-set increase, MB. Mean ± sample std over seeds.",
         f"{DASH}: no complete record (footnote). {NA}: no such value in the record's profile.",
     ]
-    b.notes += _reference_notes(reference, "segmentation" if seg else "complexity", False)
+    b.notes += _reference_notes(reference, table, rows)
     return b.table()
 
 

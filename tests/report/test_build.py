@@ -48,7 +48,9 @@ def test_csv_parses_back_to_the_numbers(ablation_report, ablation):
     assert df.loc[0, "params_m"] == pytest.approx(bfp[0]["profile"]["params"] / 1e6)
     assert df.loc[0, "latency_ms"] == pytest.approx(sum(r["profile"]["latency_ms"]["median"] for r in bfp) / 2)
     assert pd.isna(df.loc[2, "bbox.AP"]) and "gt-s0-0badc0de" in df.loc[2, "footnotes"]
-    assert df.loc[3, "paper_gain_pct_bbox.AP"] == 8.5 and pd.isna(df.loc[0, "paper_gain_pct_bbox.AP"])
+    # no paper column: the shipped gain's backbone, head and schedule are not confirmed, so it is of
+    # no row (it once stood in the FPT row of these synthetic runs)
+    assert not [c for c in df.columns if c.startswith("paper_")]
     cx = pd.read_csv(ablation_report["index"].parent / "tables" / "complexity.csv")
     assert {"params_m", "gflops", "attn_gflops", "latency_ms", "latency_p90_ms", "peak_memory_mb", "input_size"} <= set(cx.columns)
 

@@ -1,6 +1,6 @@
 """The report of a segmentation matrix: mIoU and per-class IoU tables per dataset, Δ mIoU with
-Welch's p against the baseline, the paper's gain beside the matching rows only, figures; and the
-detection report left as it was.
+Welch's p against the baseline, the paper's gain beside the row of its setting only, figures; and
+the detection report as pinned.
 
 The records are real: one tiny run per neck (synth_seg_r18_{base,fpt,lgt}: 1 iteration of
 32-px crops, evaluated on 2 synthetic images, profiled at 64 px), copied per seed and dataset
@@ -133,9 +133,10 @@ def test_tables_per_dataset_and_rows_named_from_the_config(seg_matrix):
                             "complexity"]
     t = tables["miou_cityscapes"]
     assert list(t.display["neck"]) == ["baseline", "+FPT (GT)", "+FPT (LGT)"]
+    # no paper column: the shipped gains are of test splits and of a head and schedule not confirmed
     assert list(t.display.columns) == ["neck", "n", "mIoU", "pixel acc", "mean acc", "Params (M)", "GFLOPs",
-                                       "latency (ms)", "Δ mIoU", "paper Δ mIoU", "p Δ mIoU"]
-    assert "paper Δ mIoU" not in tables["miou_synth_seg"].display.columns   # no stated gain for synthetic data
+                                       "latency (ms)", "Δ mIoU", "p Δ mIoU"]
+    assert "paper Δ mIoU" not in tables["miou_synth_seg"].display.columns
     assert list(tables["miou_synth_seg"].display["n"]) == ["3", "3", "2"]
     # the neck comes from the config (gt.window), not from the axis label
     records = copy.deepcopy(seg_matrix["records"])
@@ -176,28 +177,68 @@ def test_mean_std_n_delta_and_welch_p_against_the_baseline(seg_matrix, dataset):
     assert "the baseline row" in note and "n per group (row vs compared row): " + "; ".join(f"{a} vs {b}" for a, b in sizes) in note
 
 
-def test_the_paper_gain_only_beside_the_matching_datasets_lgt_row(seg_matrix, tmp_path):
+def _gain_file(tmp_path, entries: str):
+    path = tmp_path / "ref.yaml"
+    path.write_text(f"reference_version: 2\nsource: {{citation: 'Test.'}}\nsegmentation_gains: {{entries: [{entries}]}}\n")
+    return path
+
+
+# The setting of the cityscapes +FPT (LGT) rows of :func:`_as_run`: resnet18 trunk, DeepLab head,
+# 80k iterations given at batch 8.
+LGT_GAIN = ("{table: segmentation, backbone: resnet18, head: deeplab, neck: '+FPT (LGT)', split: cityscapes_val, "
+            "schedule: 80k@8, values: {seg.mIoU: 1.6}, where: 'Table 7'}")
+
+
+def _as_run(records, max_iter=80000, reference_batch=8):
+    """The records as runs of ``max_iter`` iterations given at ``reference_batch``, on one process
+    of 2 crops (the tiny runs' own schedule is a few iterations): the trainer's batch plan says so
+    (and the config's train section, which the plan outranks)."""
+    out = copy.deepcopy(records)
+    for r in out:
+        r["config"]["train"].update(max_iter=max_iter, reference_batch=reference_batch, images_per_device=2,
+                                    accumulate=1)
+        r["training"].update(world_size=1, batch={"reference": reference_batch, "batch": 2,
+                                                  "given": {"max_iter": max_iter}})
+    return out
+
+
+def test_the_paper_gain_only_beside_the_row_of_its_setting(seg_matrix, tmp_path):
+    # The shipped gains (+1.6 mIoU on Cityscapes test ...) are of test splits and of a head and
+    # schedule not confirmed: they once stood beside every dataset's LGT row, val splits and
+    # synthetic runs alike; now beside none, and the dataset's own table says the gain exists.
     tables = _tables(seg_matrix["records"], seg_matrix["cells"])
+    for name in ("miou_cityscapes", "miou_synth_seg"):
+        assert not [c for c in tables[name].display.columns if c.startswith("paper")], name
+    (note,) = [n for n in tables["miou_cityscapes"].notes if n.startswith("paper Δ mIoU: the paper states")]
+    assert note == ("paper Δ mIoU: the paper states +1.6 mIoU points for table segmentation, backbone resnet101, "
+                    "neck +FPT (LGT), split cityscapes_test; its head and schedule are not confirmed here, so the gain "
+                    "is set beside no run.")
+    assert not any("the paper states" in n for n in tables["miou_synth_seg"].notes)   # not of that dataset
+    # a file whose gain is of the cityscapes LGT rows' own setting: beside that row only, footnoted
+    records = _as_run(seg_matrix["records"])
+    tables = _tables(records, seg_matrix["cells"], load_reference(_gain_file(tmp_path, LGT_GAIN)))
     t = tables["miou_cityscapes"]
-    assert list(t.display["paper Δ mIoU"]) == ["", "", "1.6"]      # Cityscapes test, the LGT row only
+    assert list(t.display["paper Δ mIoU"]) == ["", "", "1.6"]
     assert list(t.data["paper_gain_seg.mIoU"])[2] == 1.6 and pd.isna(list(t.data["paper_gain_seg.mIoU"])[:2]).all()
     (mark,) = t.marks[(2, "paper Δ mIoU")]
-    assert "Cityscapes test" in t.footnotes[mark - 1] and "cityscapes_val" in t.footnotes[mark - 1]
-    assert any(n.startswith("paper Δ mIoU: ") and "own baseline" in n for n in t.notes)
+    assert t.footnotes[mark - 1] == ("the gain the paper states for table segmentation, backbone resnet18, head "
+                                     "deeplab, neck +FPT (LGT), split cityscapes_val, schedule 80k@8 (Table 7), in "
+                                     "mIoU points (its FPT over its own baseline).")
+    assert "paper Δ mIoU: the gain the paper states. Shown only beside the row whose records are the paper's " \
+           "setting (footnote); compare it with Δ mIoU, not with mIoU." in t.notes
     assert not any(c.startswith("paper ") and "Δ" not in c for c in t.display.columns)  # absolutes: all unknown
-    # the same records as VOC 2012: its own gain, on its own LGT row
-    voc = copy.deepcopy(seg_matrix["records"])
-    for r in voc:
-        if r["cell"]["axes"]["dataset"] == "cityscapes":
-            r["config"]["data"]["test"] = "voc2012_val"
-    assert list(_tables(voc)["miou_voc2012"].display["paper Δ mIoU"]) == ["", "", "1.2"]
-    # a reference that states a gain for the GT row of the synthetic data: there, and only there
-    path = tmp_path / "ref.yaml"
-    path.write_text("source: {citation: 'Test.'}\n"
-                    "segmentation_gains: {evaluated_on: {synth_seg: 'synth val'}, rows: {'synth_seg/+FPT (GT)': {seg.mIoU: 0.7}}}\n")
-    tables = _tables(seg_matrix["records"], seg_matrix["cells"], load_reference(path))
-    assert list(tables["miou_synth_seg"].display["paper Δ mIoU"]) == ["", "0.7", ""]
-    assert "paper Δ mIoU" not in tables["miou_cityscapes"].display.columns
+    assert "paper Δ mIoU" not in tables["miou_synth_seg"].display.columns
+    # each field of the row's setting counts: another split, schedule, head, trunk or neck is another row's
+    for old, new in (("cityscapes_val", "cityscapes_test"), ("80k@8", "80k@16"), ("deeplab", "fcn"),
+                     ("resnet18", "resnet101"), ("'+FPT (LGT)'", "'+FPT (GT)'"), ("table: segmentation", "table: null")):
+        ref = load_reference(_gain_file(tmp_path, LGT_GAIN.replace(old, new)))
+        t = _tables(records, seg_matrix["cells"], ref)["miou_cityscapes"]
+        shown = list(t.display["paper Δ mIoU"]) if "paper Δ mIoU" in t.display.columns else []
+        assert shown == (["", "1.6", ""] if new == "'+FPT (GT)'" else []), new
+    # the same runs read as a reference-batch-0 recipe (max_iter as given) at their own batch: another schedule
+    as_given = _as_run(seg_matrix["records"], reference_batch=0)
+    t = _tables(as_given, seg_matrix["cells"], load_reference(_gain_file(tmp_path, LGT_GAIN)))["miou_cityscapes"]
+    assert "paper Δ mIoU" not in t.display.columns
 
 
 def test_per_class_iou_table(seg_matrix, seg_runs):
@@ -243,7 +284,9 @@ def test_failed_and_missing_cells_are_dashes_with_footnotes(seg_matrix):
 
 
 def test_report_files_figures_and_formats(seg_matrix, tmp_path):
-    result = build_report(seg_matrix["records"], experiment="seg", out_dir=tmp_path / "r", cells=seg_matrix["cells"])
+    # a reference whose gain is of the cityscapes LGT rows' setting, so that the files carry one
+    result = build_report(_as_run(seg_matrix["records"]), experiment="seg", out_dir=tmp_path / "r",
+                          cells=seg_matrix["cells"], reference=_gain_file(tmp_path, LGT_GAIN))
     out = tmp_path / "r"
     names = sorted(p.relative_to(out).as_posix() for p in result["files"])
     tables = ("miou_cityscapes", "per_class_iou_cityscapes", "miou_synth_seg", "per_class_iou_synth_seg", "complexity")
@@ -260,7 +303,7 @@ def test_report_files_figures_and_formats(seg_matrix, tmp_path):
     (line,) = [l for l in markdown.splitlines() if l.startswith("| +FPT (LGT) |")]
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[:3] == ["+FPT (LGT)", "3", "43.1 ± 0.3"] and "+2.6*" in cells and "1.6¹" in cells
-    assert "¹ the gain the paper states on Cityscapes test" in markdown
+    assert "¹ the gain the paper states for table segmentation, backbone resnet18, head deeplab" in markdown
     for note in ("- mIoU: mean over classes of the IoU", "- Δ mIoU: difference of the mean mIoU from the baseline row",
                  "- p: two-sided Welch's t-test", "- Params (M): the whole model"):
         assert note in markdown, note
@@ -294,17 +337,22 @@ def test_a_matrix_of_detection_and_segmentation_cells_is_refused(seg_matrix, tin
         collect_rows(seg_matrix["records"] + [detection])
 
 
-# sha256 of the detection report of tests/report/fixed_records.py, built by the report code before
-# segmentation (commit 8005bcc) with the shipped paper_reference.yaml: a change here means that a
-# detection report changed. Check that it was meant (the assertion prints the table), then re-pin.
+# sha256 of the detection report of tests/report/fixed_records.py with the shipped paper_reference.yaml:
+# a change here means that a detection report changed. Check that it was meant (the assertion prints
+# the table), then re-pin. First pinned from the report code before segmentation (commit 8005bcc);
+# re-pinned when the paper's values were keyed by their setting (table, backbone, head, neck,
+# split, schedule): the ablation loses its "paper Δ box/mask AP (%)" columns (the +8.5 / +6.0 that
+# stood in the FPT row of these val-split runs with no schedule), and the notes say that the gain
+# exists but its setting is not confirmed; every other byte as before (diffed against the report
+# of the code at 6a02240; complexity.csv is unchanged).
 DETECTION_REPORT = {
-    "index.md": "de75e4d5e4507ac27eab185985fa0d97c687c36b5a7c1272d0f7101b0b69663c",
-    "tables/ablation.csv": "fd4dba22175c449161a2d94c03c112227dccf1486801a4b90e963f9d44f80d2e",
-    "tables/ablation.md": "5f2124e4aab2c49dec294283dc32ac2b2c1f3568cb259b3dc35578c2ad10ae2f",
-    "tables/ablation.tex": "10bc1e1ae9de355d08dde7f2ca5c548ba8817f94deed90ea7380421bae2e5297",
+    "index.md": "aa64e8376f23777b73efaf01bfd47d091fffb0d5fc331a357e38cba25edbda23",
+    "tables/ablation.csv": "c67ff76763734f1f9d5d129be9a9816044c7e68a87cda7c7b2004371a2272ded",
+    "tables/ablation.md": "d8b4e6539c4c0725f8322fd3e9447c7243a3572d15b6fa154bcb50f0ac65377c",
+    "tables/ablation.tex": "fea36380af45a051fcd9dc9adcc9a389f2fd94f49475c3f97e977b7e3b0a7890",
     "tables/complexity.csv": "35044e53f9b8e4bf18cb5fd09b7e40d906f097a7e466beb960e89697a79769e6",
-    "tables/complexity.md": "fdd3784b345ded83d52b79a9a53c8481c23626c0f30634f1df8be11baf694241",
-    "tables/complexity.tex": "76942bfd189acba4d4e0d07aed6d31a8a91db84608534d1de32d3c844cc00200",
+    "tables/complexity.md": "19c9fada1e0a31b839790a02d0b29398ac04df9627ac32c3fd675345a5121256",
+    "tables/complexity.tex": "cf48ecf8b41703cb7c2f3799dd2adb7f8b3e2e5c43dd178bf21f7c8c6ea19374",
 }
 
 
