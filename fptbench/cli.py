@@ -68,6 +68,9 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
                              "config OTHER: both values and where each comes from ([paper], [code] = the "
                              "authors' repository, [ours])")
     parser.add_argument("--json", action="store_true", help="with --diff: print the differences as JSON")
+    parser.add_argument("--world-size", type=int, default=None, metavar="N",
+                        help="also print the batch, learning rate and schedule a run of N processes gets (the "
+                             "linear scaling rule against train.reference_batch), as training prints them")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -77,8 +80,30 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.diff is None:
         if args.json:
             raise UsageError("--json: only with --diff OTHER (the config itself is printed as YAML)")
+        from fptbench.config import config_origins
+        from fptbench.trunks import trunk_status
+
+        origins: dict = dict(config_origins(args.name))
+        origins.update({key: f"--set {key} {value}" for key, value in args.overrides})
         print(f"# config: {args.name}  hash: {config_hash(cfg)}")
-        print(dump_config(cfg), end="")
+        try:
+            status = trunk_status(cfg, verify=False)
+            published = status.source.published
+            why = (f"; download {published.url}" if status.state == "missing" and published is not None
+                   else f": {status.problem}" if status.problem else "")
+            trunk = f"{status.source.describe()} ({status.state}{why})"
+        except UsageError as err:
+            trunk = f"invalid: {err}"
+        print(f"# trunk weights: {trunk}; `fptbench weights {args.name}` checks the checksum")
+        if args.world_size is not None:
+            from fptbench.batch import batch_plan, format_plan, plan_summary, scale_train
+
+            if args.world_size < 1:
+                raise UsageError(f"--world-size: expected a number of processes >= 1, got {args.world_size}")
+            plan = batch_plan(cfg, args.world_size)
+            print(f"# at world size {args.world_size}: {format_plan(plan_summary(cfg, scale_train(cfg, plan), plan))}")
+        print("# each key: its meaning; '<-' the file and line that set its value, and the comment there")
+        print(dump_config(cfg, origins), end="")
         return 0
     from fptbench.config import diff_configs, format_diff
 
@@ -214,6 +239,12 @@ def _run_config(args: argparse.Namespace) -> dict:
     overrides = [tuple(pair) for pair in args.overrides] + _seed_overrides(args)
     if getattr(args, "data_root", None):
         overrides.append(("data.root", args.data_root))
+    detectron = getattr(args, "load_detectron", None)
+    if detectron is not None:
+        if not detectron.endswith(".pkl"):
+            raise UsageError(f"--load-detectron {detectron}: expected a Detectron .pkl of ResNet blobs (R-50.pkl, ...); "
+                             f"a torchvision .pth trunk is --set model.backbone_weights PATH")
+        overrides.append(("model.backbone_weights", detectron))
     return load_config(_config_name(args), overrides)
 
 
@@ -265,7 +296,8 @@ def _seed_args(parser: argparse.ArgumentParser, command: str) -> None:
     group.add_argument("--bs", dest="seed_bs", type=int, metavar="N",
                        help="the seed's total batch, images per iteration over all processes: "
                             "= --set train.images_per_device N/WORLD_SIZE (WORLD_SIZE from torchrun or srun; 1 "
-                            "alone); unlike the seed, train.base_lr and the schedule are not rescaled")
+                            "alone); as in the seed, the LR and the iteration counts then follow the linear "
+                            "scaling rule against train.reference_batch (printed at the start)")
     group.add_argument("--nw", dest="seed_nw", type=int, metavar="N",
                        help="= --set data.num_workers N (data-loader workers per process)")
     group.add_argument("--use_tfboard", dest="seed_tfboard", action="store_true",
@@ -277,8 +309,9 @@ def _seed_args(parser: argparse.ArgumentParser, command: str) -> None:
     group.add_argument("--no_cuda", dest="seed_no_cuda", action="store_true", help="= --set device cpu")
     group.add_argument("--o", dest="seed_optimizer", metavar="SGD",
                        help="SGD only (fptbench trains with SGD); any other optimizer is refused")
-    group.add_argument("--iter_size", dest="seed_iter_size", type=int, metavar="1",
-                       help="1 only; fptbench has no gradient accumulation (raise --bs or use more GPUs)")
+    group.add_argument("--iter_size", dest="seed_iter_size", type=int, metavar="N",
+                       help="= --set train.accumulate N (micro-batches per optimizer step); unlike the seed, "
+                            "the LR then follows the effective batch, --bs x N")
     group.add_argument("--start_step", dest="seed_start_step", type=int, metavar="0",
                        help="0 only; to continue a run, --load_ckpt PATH --resume")
 
@@ -328,7 +361,8 @@ def _seed_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
             raise UsageError(f"--bs {args.seed_bs}: the total batch must be a positive multiple of the "
                              f"{world} process(es) (WORLD_SIZE)")
         out.append(("train.images_per_device", args.seed_bs // world))
-    for value, key in ((args.seed_nw, "data.num_workers"), (args.seed_disp, "train.log_period"),
+    for value, key in ((args.seed_iter_size, "train.accumulate"), (args.seed_nw, "data.num_workers"),
+                       (args.seed_disp, "train.log_period"),
                        (args.seed_lr, "train.base_lr"), (args.seed_gamma, "train.gamma")):
         if value is not None:
             out.append((key, value))
@@ -337,8 +371,8 @@ def _seed_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     refused = [
         (args.seed_optimizer is not None and args.seed_optimizer.lower() != "sgd",
          f"--o {args.seed_optimizer}", "fptbench trains with SGD only"),
-        (args.seed_iter_size not in (None, 1), f"--iter_size {args.seed_iter_size}",
-         "fptbench has no gradient accumulation; raise --bs or use more GPUs"),
+        (args.seed_iter_size is not None and args.seed_iter_size < 1, f"--iter_size {args.seed_iter_size}",
+         "micro-batches per step must be >= 1"),
         (args.seed_start_step not in (None, 0), f"--start_step {args.seed_start_step}",
          "a run starts at iteration 0 or where its checkpoint ends; use --load_ckpt PATH --resume"),
     ]
@@ -360,8 +394,10 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
                              "with --resume, continue that fptbench checkpoint's run in DIR (the seed's "
                              "--load_ckpt PATH --resume)")
     parser.add_argument("--load-detectron", "--load_detectron", dest="load_detectron", metavar="PATH",
-                        help="ResNet trunk weights from a Detectron (caffe2) .pkl; use with --set model.pixel caffe "
-                             "and --set model.stride_in_1x1 true")
+                        help="ResNet trunk weights from a Detectron (caffe2) .pkl: = --set model.backbone_weights PATH "
+                             "(a config key, so sweeps can use it too; model.backbone_weights detectron finds "
+                             "R-50.pkl etc. by name); use with --set model.pixel caffe and --set model.stride_in_1x1 "
+                             "true, as the *_code presets do")
     parser.add_argument("--no-save", "--no_save", dest="no_save", action="store_true",
                         help="write no checkpoints or TensorBoard logs")
     _data_root_arg(parser)
@@ -398,16 +434,26 @@ def _place_for_resume(path: str, output: str) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train, then (train.eval_at_end) evaluate and write DIR/result.json."""
+    """Train, then (train.eval_at_end) evaluate and write DIR/result.json. The trunk's weights are
+    checked first (a missing file stops here, writing nothing); a model.backbone_pretrain trunk is
+    pre-trained once if it is not cached yet."""
     cfg = _run_config(args)
-    from fptbench.engine import train
+    from fptbench.engine.distributed import choose_device
+    from fptbench.trunks import trunk_status
+
+    choose_device(cfg["device"], int(os.environ.get("LOCAL_RANK", "0")))  # first: an unusable GPU, before data
+    if not (args.load_ckpt or args.resume or cfg["model"]["weights"]):  # (a checkpoint covers the trunk)
+        status = trunk_status(cfg)
+        if status.problem and status.state != "not pre-trained yet":  # that one prepare_trunk makes
+            raise UsageError(status.problem)
+    from fptbench.engine import prepare_trunk, train
 
     load_ckpt = args.load_ckpt
     if args.resume and load_ckpt:
         _place_for_resume(load_ckpt, args.output)
         load_ckpt = None  # the resume restores the weights with everything else
-    train(cfg, args.output, resume=args.resume, load_ckpt=load_ckpt,
-          load_detectron=args.load_detectron, save=not args.no_save)
+    prepare_trunk(cfg, log=lambda m: print(f"[fptbench] {m}"))
+    train(cfg, args.output, resume=args.resume, load_ckpt=load_ckpt, save=not args.no_save)
     return 0
 
 
@@ -440,7 +486,8 @@ def _eval_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", "--load_ckpt", dest="ckpt", required=True, metavar="PATH",
                         help="weights to evaluate: an fptbench checkpoint or a torchvision detection .pth")
     parser.add_argument("--output", "--output_dir", dest="output", required=True, metavar="DIR",
-                        help="where result.json is written")
+                        help="where result.json and the results files for the evaluation server are written "
+                             "(detections in COCO's results format; label images for an unlabelled split)")
     parser.add_argument("--load_detectron", nargs=1, action=_Refused, metavar="PATH",
                         why="a Detectron .pkl holds a trunk, not a detector; evaluate an fptbench or torchvision "
                             "checkpoint with --ckpt")
@@ -532,6 +579,48 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# weights
+
+def _weights_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="CONFIG|MATRIX",
+                        help="a config (maskrcnn_r50_fpt, a YAML path) or an experiment matrix (paper_backbones, "
+                             "experiments/x.yaml): the trunk files its runs start from")
+    _set_arg(parser, "override a config key (in every cell of a matrix)")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="check presence only, not each file's sha256 against its published checksum")
+
+
+def _configs_of(name: str, overrides: list[tuple[str, object]]) -> tuple[str, list[dict]]:
+    """``(title, configs)`` of a config name or path, or of a matrix's cells."""
+    from fptbench.experiments import load_matrix
+    from fptbench.experiments.matrix import find_matrix
+
+    try:
+        matrix_path = find_matrix(name)
+    except UsageError:
+        matrix_path = None
+    if matrix_path is not None:
+        from fptbench.yamlio import load_yaml
+
+        data = load_yaml(matrix_path)
+        if isinstance(data, dict) and "base" in data:  # a matrix, not a config passed by path
+            matrix = load_matrix(name, overrides)
+            return f"trunk weights of {matrix.name} ({len(matrix.cells)} cells)", [c.config for c in matrix.cells]
+    return f"trunk weights of {name}", [load_config(name, overrides)]
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """Each trunk file a config's or a matrix's runs start from: where it is looked up, whether it is
+    there, and whether it matches its published checksum. Exit status 1 when one is not usable."""
+    from fptbench.trunks import format_survey, survey
+
+    title, configs = _configs_of(args.name, [tuple(pair) for pair in args.overrides])
+    rows = survey(configs, verify=not args.no_verify)
+    print(format_survey(rows, title), end="")
+    return 0 if all(row.usable for row in rows) else 1
+
+
+# ---------------------------------------------------------------------------------------------
 # sweep / status / cancel / report
 
 def _experiment_args(parser: argparse.ArgumentParser) -> None:
@@ -574,6 +663,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cluster = load_cluster_profile(args.cluster) if args.cluster else None
     if cluster is not None and args.executor != "slurm":
         raise UsageError(f"--cluster {args.cluster}: a cluster profile needs --executor slurm")
+    _check_trunks(matrix)
     try:
         outcome = run_sweep(matrix, executor=args.executor, cluster=cluster, results=args.results,
                             dry_run=args.dry_run, rerun_failed=args.rerun_failed, jobs=args.jobs,
@@ -582,6 +672,21 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 130
     return 1 if any(status.state == "failed" for status in outcome.statuses
                     if status.run_id in outcome.submitted) else 0
+
+
+def _check_trunks(matrix) -> None:
+    """Before any cell is submitted (or listed by --dry-run): every cell's trunk file is there and
+    sound (:func:`fptbench.trunks.survey`); otherwise print the list and stop, instead of jobs that
+    fail after they start. A trunk that the first cell pre-trains is not a problem."""
+    from fptbench.trunks import format_survey, survey
+
+    rows = survey([cell.config for cell in matrix.cells])
+    bad = [row for row in rows if not row.usable]
+    if bad:
+        print(format_survey(rows, f"trunk weights of {matrix.name} ({len(matrix.cells)} cells)"), end="",
+              file=sys.stderr)
+        raise UsageError(f"{matrix.name}: {sum(row.cells for row in bad)} cell(s) lack their trunk weights "
+                         f"({len(bad)} source(s), listed above; first: {bad[0].problem}); nothing was submitted")
 
 
 def _status_args(parser: argparse.ArgumentParser) -> None:
@@ -768,6 +873,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("infer", "draw a checkpoint's detections on a folder of images", _infer_args, cmd_infer),
     Command("profile", "parameters, MACs/FLOPs by part (fvcore), latency and peak memory of a model",
             _profile_args, cmd_profile),
+    Command("weights", "the trunk weights files a config or matrix needs: where, present, checksum",
+            _weights_args, cmd_weights),
     Command("sweep", "run an experiment matrix's cells (local, or SLURM via submitit); idempotent",
             _sweep_args, cmd_sweep),
     Command("status", "the state of every cell of an experiment (records + scheduler)", _status_args, cmd_status),

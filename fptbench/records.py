@@ -16,6 +16,14 @@ A record is a flat plain dict, in the spirit of torchvision's weight metadata
                  "files": {"bbox": "detections_val2017_fptbench-bbox_results.json",
                            "segm": "detections_val2017_fptbench-segm_results.json"}}}
 
+``config`` is the resolved config as the run was asked for (its ``train`` section at
+``train.reference_batch``); a trainer's ``training`` section adds ``batch``, what it ran at
+(:func:`fptbench.batch.plan_summary`: ``world_size``, ``images_per_device``, ``accumulate``,
+``batch``, ``reference``, ``factor``, the schedule ``given`` and as ``run``, ``images`` seen and
+``lr_per_image``), and ``trunk``, where the trunk started (``kind``: imagenet, detectron, file,
+pretrain, scratch, none or checkpoint; ``key``, ``value``, ``path``, ``format``, ``sha256`` and,
+for a published file, ``url`` and ``published_sha256_prefix``).
+
 ``metrics`` holds what the task's evaluation measured, in percent: COCOeval's ``bbox`` (and
 ``segm`` for Mask R-CNN) for detection; ``{"segmentation": {"mIoU", "pixel_acc", "mean_acc",
 "per_class_iou": {class name: IoU or null}}}`` for ``model.task: segmentation``.

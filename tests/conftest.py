@@ -64,8 +64,9 @@ def repo_root() -> Path:
 def run_cli():
     """Run ``python -m fptbench ARGS...`` in a subprocess; returns the CompletedProcess (text)."""
 
-    def run(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        env = dict(os.environ)
+    def run(*args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """``env``: variables set for this run on top of the test process's."""
+        env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         return subprocess.run([sys.executable, "-m", "fptbench", *args], cwd=REPO_ROOT, env=env,
                               capture_output=True, text=True, timeout=timeout)

@@ -130,8 +130,9 @@ def _seed_layout(tmp, data):
 
 
 def _seed_set(*extra):
-    """TINY as the seed writes overrides: one --set, every pair after it."""
-    pairs = [word for word in TINY if word != "--set"] + list(extra)
+    """TINY as the seed writes overrides: one --set, every pair after it. --dataset coco2017 makes
+    these COCO runs, which refuse a trunk without weights unless scratch is asked for by name."""
+    pairs = [word for word in TINY if word != "--set"] + ["model.backbone_weights", "scratch"] + list(extra)
     return ["--set", *pairs]
 
 

@@ -133,6 +133,15 @@ def _slurm_env() -> dict[str, str] | None:
     return env
 
 
+def env_world_size() -> int:
+    """How many processes this one trains with, from the environment alone (torchrun's WORLD_SIZE,
+    else an srun step's task count), before any process group exists: 1 for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return int(os.environ["WORLD_SIZE"])
+    slurm = _slurm_env()
+    return int(slurm["WORLD_SIZE"]) if slurm is not None else 1
+
+
 def init_distributed(cfg: Mapping) -> DistInfo:
     """The device of this process (:func:`choose_device` of the config's ``device``) and, when it
     is one of several, the default process group.

@@ -25,9 +25,12 @@ def evaluate_model(
     info: DistInfo | None = None,
     training: dict[str, Any] | None = None,
     progress: bool = True,
+    given: dict | None = None,
 ) -> dict[str, Any]:
     """Evaluate on ``data.test``, write the results files and ``OUTPUT/result.json`` (rank 0),
-    and return the record.
+    and return the record. ``given``: the config as the run was asked for, which the record holds
+    with its hash (default ``cfg``; the trainer's ``cfg`` has its schedule at the run's batch, the
+    record's ``training.batch`` says how).
 
     The one place where ``model.task`` chooses the evaluation. Detection: every detection in
     COCO's results format, one file per iou type named as the COCO server takes it
@@ -61,7 +64,7 @@ def evaluate_model(
         scored, reason, metrics, results, line = _detection(cfg, model, dataset, out, info, progress)
     training = dict(training or {})
     record = make_record(
-        cfg,
+        given if given is not None else cfg,
         metrics=metrics,
         dataset={"name": name, "images": len(dataset)},
         iterations=training.pop("iterations", None),

@@ -2,7 +2,7 @@
 
 ``load_model(cfg, ckpt)`` is what the trainer, the evaluator (``fptbench eval``), ``fptbench
 infer``, the profiler and the launcher's cells use: build the model of ``cfg`` (:func:`build_model`:
-the detector of :func:`fptbench.modeling.build_model`, or a :class:`~fptbench.engine.segmenter.Segmenter`
+the detector of :func:`fptbench.modeling.build_model`, or a :class:`~fptbench.modeling.segmenter.Segmenter`
 for ``model.task: segmentation``), then load weights from local files (:mod:`fptbench.weights`).
 As detectron2's ``build_model`` + ``DetectionCheckpointer.load``.
 """
@@ -21,10 +21,10 @@ __all__ = ["build_model", "load_model", "set_train_sizes", "weights_digest"]
 
 def build_model(cfg: dict) -> torch.nn.Module:
     """The model of ``cfg``'s ``model.task``, random weights, in training mode: a torchvision
-    detector (:func:`fptbench.modeling.build_model`) or a :class:`~fptbench.engine.segmenter.Segmenter`.
+    detector (:func:`fptbench.modeling.build_model`) or a :class:`~fptbench.modeling.segmenter.Segmenter`.
     The one place where the task chooses the model."""
     if cfg["model"]["task"] == "segmentation":
-        from fptbench.engine.segmenter import Segmenter
+        from fptbench.modeling.segmenter import Segmenter
 
         return Segmenter.from_config(cfg)
     from fptbench.modeling import build_model as build_detector
@@ -35,7 +35,7 @@ def build_model(cfg: dict) -> torch.nn.Module:
 def _trunk_owner(model: torch.nn.Module) -> torch.nn.Module:
     """What the trunk loaders take (:func:`fptbench.weights.find_trunk`): a detector, or a
     Segmenter's ``backbone``, the ResNet's ``IntermediateLayerGetter`` itself."""
-    from fptbench.engine.segmenter import Segmenter
+    from fptbench.modeling.segmenter import Segmenter
 
     return model.backbone if isinstance(model, Segmenter) else model
 
@@ -45,52 +45,57 @@ def load_model(
     ckpt: str | os.PathLike | None = None,
     *,
     pretrained: bool = False,
-    detectron: str | os.PathLike | None = None,
     log: Callable[[str], None] | None = None,
 ) -> torch.nn.Module:
     """The model of ``cfg`` (:func:`build_model`) with weights from local files, on the CPU, in
-    training mode.
+    training mode. It builds and loads; it never trains (a ``model.backbone_pretrain`` trunk must
+    be cached first: :func:`fptbench.engine.pretrain.ensure_trunk`).
 
     Weights are loaded in this order, each later file overriding what it covers:
 
-    1. with ``pretrained``: the config's ``model.backbone_weights`` (an ImageNet trunk) or the
-       cached trunk of ``model.backbone_pretrain`` (:mod:`fptbench.engine.pretrain`), then
-       ``model.weights`` (a checkpoint of the whole model), when set: what training starts from;
-    2. ``detectron``: ResNet trunk weights from a Detectron (caffe2) ``.pkl``;
-    3. ``ckpt``: an fptbench checkpoint or a torchvision detection ``.pth``.
+    1. with ``pretrained``, what training starts from: ``model.weights`` (a checkpoint of the
+       whole model) when set; otherwise the trunk that :func:`fptbench.trunks.require_trunk`
+       resolves from ``model.backbone_weights`` / ``model.backbone_pretrain`` (resolved and checked
+       before the model is built: a missing or corrupt file is refused with nothing built), in its
+       format (a torchvision state_dict or Detectron's ``.pkl``), and with ``model.pretrain_heads``
+       the pre-training run's RPN and RoI heads;
+    2. ``ckpt``: an fptbench checkpoint or a torchvision detection ``.pth``, which covers the trunk
+       (no trunk file is read or required then).
 
     The trunk files go into the ResNet trunk of either task, the others into the whole model.
 
     Args:
         cfg (dict): a resolved config (:func:`fptbench.config.load_config`).
-        log: called with each load's one-line summary (:meth:`fptbench.weights.LoadReport.summary`).
+        log: called with each load's one-line summary (:meth:`fptbench.weights.LoadReport.summary`)
+            and its warnings.
 
     Raises:
         UsageError: a file is missing or does not fit the model (the model is then left as built).
     """
-    from fptbench.weights import load_backbone_weights, load_detection_weights, load_detectron_weights
+    from fptbench.trunks import heads_path, require_trunk
+    from fptbench.weights import load_backbone_weights, load_detection_weights, load_detectron_weights, load_heads
 
+    whole = ckpt or (cfg["model"]["weights"] if pretrained else None)  # a whole model's weights cover the trunk
+    trunk = require_trunk(cfg) if pretrained and not whole else None  # before building: nothing built for a missing file
     model = build_model(cfg)
-    trunk = cfg["model"]["backbone_weights"]
-    from fptbench.engine.pretrain import cached_trunk, heads_path, load_heads
-
-    heads = None
-    if pretrained and cfg["model"]["backbone_pretrain"]:
-        trunk = cached_trunk(cfg)
-        heads = heads_path(trunk) if cfg["model"]["pretrain_heads"] else None
     owner = _trunk_owner(model)
-    steps = [
-        (trunk if pretrained else None, load_backbone_weights, owner),
-        (heads, load_heads, model),
+    steps = []
+    if trunk is not None and trunk.path is not None:
+        loader = load_detectron_weights if trunk.format == "detectron" else load_backbone_weights
+        steps.append((trunk.path, loader, owner))
+        if trunk.kind == "pretrain" and cfg["model"]["pretrain_heads"]:
+            steps.append((heads_path(trunk.path), load_heads, model))
+    steps += [
         (cfg["model"]["weights"] if pretrained else None, load_detection_weights, model),
-        (detectron, load_detectron_weights, owner),
         (ckpt, load_detection_weights, model),
     ]
-    for path, loader, target in steps:
+    for path, load, target in steps:
         if path:
-            report = loader(target, path)
+            report = load(target, path)
             if log is not None:
                 log(report.summary())
+                for warning in report.warnings:
+                    log(f"warning: {warning}")
     return model
 
 

@@ -44,79 +44,10 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from fptbench.errors import UsageError
+from fptbench.trunks import heads_path, pretrain_config, pretrain_path
+from fptbench.weights.load import HEAD_PREFIXES
 
-__all__ = ["HEAD_PREFIXES", "PRETRAINED_DIR", "TRUNK_PREFIX", "cached_trunk", "ensure_trunk", "heads_path",
-           "load_heads", "pretrain_config", "trunk_path", "trunk_state"]
-
-PRETRAINED_DIR = "pretrained"
-"""Sub-folder of ``data.root`` that holds pre-trained trunks and their runs."""
-
-
-def pretrain_config(cfg: dict) -> dict:
-    """The resolved config of ``cfg``'s ``model.backbone_pretrain``, on ``cfg``'s data and device.
-
-    Raises:
-        UsageError: the name is unknown, its config invalid, or its trunk is another network.
-    """
-    from fptbench.config import load_config
-
-    name = cfg["model"]["backbone_pretrain"]
-    pre = load_config(name, [("data.root", cfg["data"]["root"]), ("device", cfg["device"])])
-    if pre["model"]["backbone_pretrain"]:
-        raise UsageError(f"model.backbone_pretrain: {name} itself sets model.backbone_pretrain; "
-                         f"a pre-training must start from scratch or from model.backbone_weights")
-    keys = ("backbone", "backbone_norm", "stride_in_1x1", "pixel")
-    if cfg["model"]["pretrain_heads"]:  # the heads' tensors must fit, and see what they were trained on
-        keys += ("head", "num_classes", "anchor_sizes", "fpn_channels", "box_head_dim", "mask_head_channels")
-    for key in keys:
-        if pre["model"][key] != cfg["model"][key]:
-            raise UsageError(f"model.backbone_pretrain: {name} has model.{key}={pre['model'][key]}, "
-                             f"this run model.{key}={cfg['model'][key]}: its weights would not fit")
-    return pre
-
-
-def _annotations(cfg: dict) -> Path:
-    from fptbench.data.catalog import resolve_split
-
-    return Path(cfg["data"]["root"]) / resolve_split(cfg["data"]["train"])[0]
-
-
-def _recipe(pre: dict) -> dict[str, Any]:
-    """The values of a resolved config that differ from the schema defaults, by dotted key, but
-    ``data.root``: the cache lives in that folder, and its spelling (relative, absolute) is no
-    part of what the trunk learnt; the training annotations' bytes are digested instead."""
-    from fptbench.config import flat_defaults
-
-    defaults = flat_defaults()
-    flat = {f"{section}.{key}" if isinstance(values, dict) else section: value
-            for section, values in pre.items()
-            for key, value in (values.items() if isinstance(values, dict) else [(None, values)])}
-    return {key: value for key, value in flat.items() if value != defaults.get(key) and key != "data.root"}
-
-
-def trunk_path(cfg: dict) -> Path:
-    """Where the trunk of ``cfg``'s ``model.backbone_pretrain`` is cached (it may not exist yet).
-
-    Raises:
-        UsageError: as :func:`pretrain_config`, or the training annotations are missing.
-    """
-    from fptbench.config import config_hash
-
-    pre = pretrain_config(cfg)
-    annotations = _annotations(pre)
-    try:
-        data = hashlib.sha256(annotations.read_bytes()).hexdigest()
-    except OSError as err:
-        root = Path(cfg["data"]["root"])
-        hint = ""
-        if (root / "classes.json").exists():  # the synthetic segmentation set (write_synth_seg), not its COCO files
-            hint = (f"; this folder holds the synthetic segmentation labels: write the detection set's annotations "
-                    f"beside them with `fptbench data synth --out {root}` (the --seg set's --train/--val/--size/--seed)")
-        raise UsageError(f"{annotations}: cannot read the pre-training annotations: {err.strerror}{hint}") from None
-    digest = hashlib.sha256(f"{config_hash(_recipe(pre))}:{data}".encode()).hexdigest()[:12]
-    name = Path(cfg["model"]["backbone_pretrain"]).stem
-    return Path(cfg["data"]["root"]) / PRETRAINED_DIR / f"{name}-{digest}.pth"
+__all__ = ["TRUNK_PREFIX", "ensure_trunk", "prepare_trunk", "trunk_state"]
 
 
 @contextmanager
@@ -131,57 +62,6 @@ def _locked(path: Path) -> Iterator[None]:
 TRUNK_PREFIX = "backbone.body."
 """Where a detector's ResNet trunk sits in its state_dict (torchvision's BackboneWithFPN)."""
 
-HEAD_PREFIXES = ("rpn.", "roi_heads.")
-"""The detection heads in a torchvision detector's state_dict: everything after the neck."""
-
-
-def heads_path(trunk: Path) -> Path:
-    """The heads file beside a cached trunk file."""
-    return trunk.with_suffix(".heads.pth")
-
-
-def cached_trunk(cfg: dict) -> Path:
-    """The cached trunk file of ``cfg``'s ``model.backbone_pretrain``, which must exist.
-
-    Raises:
-        UsageError: not pre-trained yet (naming the command that makes it).
-    """
-    path = trunk_path(cfg)
-    if not path.exists():
-        name = cfg["model"]["backbone_pretrain"]
-        raise UsageError(f"{path}: the trunk of model.backbone_pretrain={name} is not pre-trained yet; make it with "
-                         f"`fptbench pretrain {name}` (--data-root {cfg['data']['root']})")
-    return path
-
-
-class _HeadsReport:
-    def __init__(self, path: Path, loaded: list[str]) -> None:
-        self.path, self.loaded = path, loaded
-
-    def summary(self) -> str:
-        return f"{self.path}: loaded {len(self.loaded)} tensors of the pre-trained RPN and RoI heads"
-
-
-def load_heads(model: torch.nn.Module, path: str | Path) -> _HeadsReport:
-    """Copy a cached heads file (``rpn.*``, ``roi_heads.*``) into a detector; every tensor of the
-    model's heads must be in the file with its shape.
-
-    Raises:
-        UsageError: unreadable file, or heads that do not fit (the model is then left as built).
-    """
-    from fptbench.weights.load import copy_into, mismatch_error, read_state_dict
-
-    state = read_state_dict(path, what="a pre-trained heads file (rpn.*, roi_heads.*)")
-    target = {k: v for k, v in model.state_dict().items() if k.startswith(HEAD_PREFIXES)}
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in target.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise mismatch_error(path, "the model's RPN and RoI heads", missing=missing, unexpected=unexpected,
-                             shapes=shapes)
-    copy_into(model, state)
-    return _HeadsReport(Path(path), list(state))
 
 
 def trunk_state(model_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -198,11 +78,12 @@ def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: boo
         (of its bytes), ``pretrained_here`` (whether this call ran the pre-training) and
         ``record`` (the pre-training run's ``result.json`` path).
     """
+    from fptbench.batch import batch_plan, scale_train
     from fptbench.engine.checkpoint import find_last, load_checkpoint
     from fptbench.engine.trainer import train
     from fptbench.fileio import atomic_write
 
-    path = trunk_path(cfg)
+    path = pretrain_path(cfg)
     run = path.with_suffix("")
     made = False
     with _locked(path.with_suffix(".lock")):
@@ -212,7 +93,8 @@ def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: boo
             log(f"pre-training the trunk once with {name} (cached as {path}; later runs reuse it)")
             t0 = time.perf_counter()
             last = find_last(run)
-            if last is None or load_checkpoint(last)["iteration"] < pre["train"]["max_iter"]:
+            max_iter = scale_train(pre, batch_plan(pre, 1))["train"]["max_iter"]  # as train() runs it alone
+            if last is None or load_checkpoint(last)["iteration"] < max_iter:
                 train(pre, run, resume=last is not None, progress=progress)
                 last = find_last(run)
             model = load_checkpoint(last)["model"]
@@ -231,3 +113,24 @@ def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: boo
         "pretrained_here": made,
         "record": str(run / "result.json"),
     }
+
+
+def prepare_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any] | None:
+    """Before ``train(cfg)``: the cached trunk of ``model.backbone_pretrain``, pre-trained first when a
+    single process finds it missing (:func:`ensure_trunk`); None for a config without one.
+
+    Under several processes (torchrun, an srun step) the trunk must be cached already: the
+    pre-training is a single-process run of its own, not nested in a DDP job.
+
+    Raises:
+        UsageError: not pre-trained yet under several processes (naming the command that makes it).
+    """
+    if not cfg["model"]["backbone_pretrain"]:
+        return None
+    from fptbench.engine.distributed import env_world_size
+    from fptbench.trunks import cached_pretrain
+
+    if env_world_size() > 1:
+        cached_pretrain(cfg)
+        return None
+    return ensure_trunk(cfg, log=log, progress=progress)

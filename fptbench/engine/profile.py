@@ -6,7 +6,7 @@ Parts are module-name prefixes. Of the torchvision detector that
 ``fpt.input: lateral`` the 1x1 laterals), ``fpt`` the transformer neck and ``fpt.st`` / ``fpt.gt``
 / ``fpt.rt`` / ``fpt.fusion`` its parts, ``rpn`` and ``roi_heads`` the heads, and ``transform``
 torchvision's input normalisation (its bilinear resize runs even at scale 1 and fvcore counts it).
-Of a :class:`~fptbench.engine.segmenter.Segmenter` (``model.task: segmentation``,
+Of a :class:`~fptbench.modeling.segmenter.Segmenter` (``model.task: segmentation``,
 :data:`SEG_PARTS`): ``backbone`` the dilated trunk, ``pyramid`` the UFP or FPN, ``fpt`` and its
 parts as above, ``head`` the DeepLab or FCN head and ``aux_head`` the auxiliary head, which
 runs in evaluation too (torchvision's segmentation models compute it; mmsegmentation's test does
@@ -268,7 +268,7 @@ def profile_model(cfg: dict, *, size: tuple[int, int] = _REQUEST.size, device: s
         on fixed trunk features C2..C5). ``by_part`` keys: :data:`PARTS` or :data:`SEG_PARTS`.
     """
     from fptbench.engine.model import load_model
-    from fptbench.engine.segmenter import Segmenter
+    from fptbench.modeling.segmenter import Segmenter
     from fptbench.records import device_info
 
     dev = _check_args(tuple(size), device, runs, warmup)

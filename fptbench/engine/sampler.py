@@ -1,5 +1,6 @@
 """The training data stream: an infinite, seeded, resumable sequence of (index, flip) batches, or
-(index, seed) batches for datasets that draw their own augmentation (segmentation crops)."""
+(index, seed) batches for datasets that draw their own augmentation (segmentation crops), with
+detection images batched by orientation (aspect-ratio grouping)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,17 @@ class TrainBatchSampler:
         seeds: yield (index, seed) instead, seed an integer in [0, 2^63) drawn with the epoch's
             permutation, after it: the augmentation of the item at that place of the stream
             (:class:`fptbench.data.build.SegmentationTrainSet`); flips are then not drawn.
+        groups: a group id per item (0 for width >= height, 1 otherwise: ``train.aspect_grouping``),
+            or None. With two or more groups each batch holds items of one group, as torchvision's
+            references' ``GroupedBatchSampler`` and detectron2's ``AspectRatioGroupedDataset`` make
+            them [detectron2]: walking the epoch's permutation, an item joins its group's bucket and
+            a full bucket (``images_per_device`` items) is the next batch, so batches come in the
+            order they fill. Statelessly [ours]: each epoch's batches are made from that epoch alone
+            and a bucket still partial at its end is dropped (fewer than ``images_per_device`` items
+            per group and epoch; detectron2 carries them over), so batch b of the stream is
+            batch ``b % C`` of epoch ``b // C`` with C batches per epoch, whatever came before. Rank r
+            of iteration i takes batch ``i * world_size + r``. With one group (or too few items for
+            one batch) the stream is the ungrouped one, item for item.
     Yields:
         list[tuple[int, bool]] (list[tuple[int, int]] with ``seeds``): one batch for this rank.
     """
@@ -45,6 +57,7 @@ class TrainBatchSampler:
         start_iter: int = 0,
         flip: bool = True,
         seeds: bool = False,
+        groups: list[int] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError("TrainBatchSampler: the dataset is empty")
@@ -59,6 +72,16 @@ class TrainBatchSampler:
         self._epoch = -1
         self._perm: list[int] = []
         self._draws: list = []  # per position of the epoch: its flip, or its seed
+        self.groups = None
+        if groups is not None:
+            if len(groups) != size:
+                raise ValueError(f"TrainBatchSampler: {len(groups)} group ids for {size} items")
+            counts = {g: groups.count(g) for g in set(groups)}
+            per_epoch = sum(n // images_per_device for n in counts.values())
+            if len(counts) > 1 and per_epoch > 0:
+                self.groups = list(groups)
+                self.batches_per_epoch = per_epoch
+        self._chunks: list[list[int]] = []  # grouped: the epoch's batches, as offsets into its permutation
 
     def _load_epoch(self, epoch: int) -> None:
         g = torch.Generator()
@@ -68,6 +91,15 @@ class TrainBatchSampler:
             self._draws = torch.randint(2**63 - 1, (self.size,), generator=g).tolist()
         else:
             self._draws = (torch.rand(self.size, generator=g) < 0.5).tolist() if self.flip else [False] * self.size
+        if self.groups is not None:
+            buckets: dict[int, list[int]] = {}
+            self._chunks = []
+            for offset, index in enumerate(self._perm):
+                bucket = buckets.setdefault(self.groups[index], [])
+                bucket.append(offset)
+                if len(bucket) == self.images_per_device:
+                    self._chunks.append(bucket)
+                    buckets[self.groups[index]] = []
         self._epoch = epoch
 
     def item(self, position: int) -> tuple[int, bool | int]:
@@ -79,6 +111,11 @@ class TrainBatchSampler:
 
     def batch(self, iteration: int) -> list[tuple[int, bool | int]]:
         """This rank's batch at ``iteration``."""
+        if self.groups is not None:
+            epoch, k = divmod(iteration * self.world_size + self.rank, self.batches_per_epoch)
+            if epoch != self._epoch:
+                self._load_epoch(epoch)
+            return [(self._perm[o], self._draws[o]) for o in self._chunks[k]]
         first = (iteration * self.world_size + self.rank) * self.images_per_device
         return [self.item(p) for p in range(first, first + self.images_per_device)]
 

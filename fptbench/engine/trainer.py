@@ -7,7 +7,13 @@ and resumed with ``resume=True`` ends with bitwise the same weights on the CPU (
 the checkpoint holds every state that the next iteration reads (weights, optimizer, scheduler,
 RNGs) and the data stream is a function of the iteration (TrainBatchSampler), segmentation crops
 included (SegmentationTrainSet). Both tasks train here alike: the model's forward returns its loss
-dict (torchvision's detectors, or :class:`~fptbench.engine.segmenter.Segmenter`).
+dict (torchvision's detectors, or :class:`~fptbench.modeling.segmenter.Segmenter`).
+
+The recipe runs at the batch the run really has (:mod:`fptbench.batch`): against
+``train.reference_batch`` the learning rate and the iteration counts follow the linear scaling
+rule, printed at the start and recorded; ``train.accumulate`` micro-batches make one optimizer
+step. The trunk's weights are resolved and checked (:func:`fptbench.trunks.require_trunk`) before
+anything is written, and the resolved config is written to ``OUTPUT/config.yaml`` at the start.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from fptbench.engine.checkpoint import (CHECKPOINT_DIR, clean_temp_files, find_resumable, numbered_checkpoints,
+from fptbench.batch import batch_plan, format_plan, plan_summary, scale_train
+from fptbench.engine.checkpoint import (CHECKPOINT_DIR, clean_temp_files, find_last, find_resumable, numbered_checkpoints,
                                         prune_checkpoints, rng_state, save_checkpoint, set_rng_state)
 from fptbench.engine.distributed import DistInfo, init_distributed
 from fptbench.engine.evaluate import evaluate_model
@@ -35,15 +42,18 @@ from fptbench.engine.schedule import build_lr_scheduler
 from fptbench.errors import UsageError
 from fptbench.fileio import writable_dir
 from fptbench.records import RESULT_FILE
+from fptbench.trunks import require_trunk
 
-__all__ = ["train", "autocast_dtype", "effective_config", "seed_everything", "collate"]
+__all__ = ["CONFIG_FILE", "train", "autocast_dtype", "effective_config", "param_groups", "seed_everything", "collate"]
 
 DEBUG_MAX_ITER = 20
 
 
-def effective_config(cfg: dict) -> dict:
-    """The config a run really uses: DEBUG caps train.max_iter (data.max_images: build_dataset)."""
-    cfg = copy.deepcopy(cfg)
+def effective_config(cfg: dict, world_size: int = 1) -> dict:
+    """The config a run on ``world_size`` processes really uses: the ``train`` section at its
+    effective batch (:func:`fptbench.batch.scale_train`), then DEBUG's cap on train.max_iter
+    (data.max_images: build_dataset)."""
+    cfg = copy.deepcopy(scale_train(cfg, batch_plan(cfg, world_size)))
     if cfg.get("DEBUG"):
         cfg["train"]["max_iter"] = min(cfg["train"]["max_iter"], DEBUG_MAX_ITER)
         cfg["train"]["checkpoint_period"] = min(cfg["train"]["checkpoint_period"], cfg["train"]["max_iter"])
@@ -72,9 +82,16 @@ def _memory_mb(device: torch.device) -> float:
     return float("nan")
 
 
-def _stream_signature(cfg: dict, info: DistInfo) -> list:
+def _stream_signature(cfg: dict, info: DistInfo, accumulate: int) -> list:
     """What the data stream depends on: resuming with another value would not replay the run."""
-    return [cfg["seed"], cfg["train"]["images_per_device"], info.world_size, cfg["data"]["train"], cfg["data"]["max_images"]]
+    signature = [cfg["seed"], cfg["train"]["images_per_device"], info.world_size, cfg["data"]["train"],
+                 cfg["data"]["max_images"]]
+    # [ours] appended only where they change the stream, so that runs from before they existed resume
+    if accumulate != 1:
+        signature.append(f"accumulate={accumulate}")
+    if not cfg["train"]["aspect_grouping"]:
+        signature.append("aspect_grouping=false")
+    return signature
 
 
 def autocast_dtype(cfg: dict, device_type: str, *, bf16_supported: bool) -> tuple[torch.dtype | None, str]:
@@ -121,38 +138,51 @@ def train(
     *,
     resume: bool = False,
     load_ckpt: str | None = None,
-    load_detectron: str | None = None,
     save: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Train the model of ``cfg``; write checkpoints, TensorBoard scalars and ``result.json`` in
-    ``output_dir``.
+    """Train the model of ``cfg``; write ``config.yaml``, checkpoints, TensorBoard scalars and
+    ``result.json`` in ``output_dir``.
+
+    A ``model.backbone_pretrain`` trunk must be cached first
+    (:func:`fptbench.engine.pretrain.prepare_trunk`, which ``fptbench train`` and the sweep's cells
+    call): the trainer trains this run only.
 
     Returns:
         dict: the run record (``fptbench.records``) when ``train.eval_at_end``, else a summary
         with ``iterations`` and ``wall_time_s``.
     """
-    cfg = effective_config(cfg)
+    given = cfg
     output_dir = Path(output_dir)
     info = init_distributed(cfg)  # first: an unusable device is refused before anything is written
+    plan = batch_plan(cfg, info.world_size)
+    cfg = effective_config(cfg, info.world_size)
+    # a missing or corrupt trunk file is refused before anything is written, unless whole-model
+    # weights cover the trunk (--load-ckpt, model.weights, or this folder's checkpoint to resume)
+    covered = (load_ckpt or cfg["model"]["weights"]
+               or (resume and (find_last(output_dir) or numbered_checkpoints(output_dir))))
+    trunk = None if covered else require_trunk(cfg)
     _check_output(output_dir, resume=resume)
     log = _logger(info)
     if info.rank == 0:
         for path in clean_temp_files(output_dir):
             log(f"removed {path}, left by a write that was interrupted")
+    batch = plan_summary(given, cfg, plan)
+    log(format_plan(batch))
+    if info.rank == 0 and save:
+        _write_config(output_dir, given, batch)
 
-    trunk = _pretrained_trunk(cfg, info, log, progress=progress)
-    model = _seeded_model(cfg, info, load_ckpt=load_ckpt, load_detectron=load_detectron, log=log)
+    model = _seeded_model(cfg, info, load_ckpt=load_ckpt, log=log)
     sync_bn = _sync_batchnorm(model, cfg, info)
     dtype, warning = autocast_dtype(cfg, info.device.type,
                                     bf16_supported=info.device.type == "cuda" and torch.cuda.is_bf16_supported())
     if warning:
         log(f"warning: {warning}")
-    state = _TrainState.create(model, cfg, info, dtype)
+    state = _TrainState.create(model, cfg, info, dtype, plan.accumulate)
     if resume:
         _resume(state, output_dir, cfg, info, log)
     ddp_model = _wrap_ddp(model, info)
-    loader = _train_loader(cfg, info, state.start_iter, log)
+    loader = _train_loader(cfg, info, state.start_iter, plan.accumulate, log)
     writer = _tensorboard(output_dir, state.start_iter) if info.rank == 0 and save else None
     set_train_sizes(model, cfg, training=True)
     ddp_model.train()
@@ -179,12 +209,13 @@ def train(
         "world_size": info.world_size,
         "autocast_dtype": _dtype_name(dtype),  # what the forward passes computed in (fp32: none)
         "sync_bn": sync_bn,  # BatchNorm statistics over every rank's batch (model.sync_bn)
+        "batch": batch,  # the effective batch and the schedule as given and as run (fptbench.batch)
+        "trunk": _trunk_record(cfg, trunk) if trunk is not None else {"kind": "checkpoint", "path": str(
+            load_ckpt or cfg["model"]["weights"] or output_dir / CHECKPOINT_DIR)},  # the checkpoint's trunk
     }
-    if trunk is not None:
-        summary["pretrained_trunk"] = trunk
     if not cfg["train"]["eval_at_end"]:
         return summary
-    return evaluate_model(cfg, model, output_dir, info=info, training=summary, progress=progress)
+    return evaluate_model(cfg, model, output_dir, info=info, training=summary, progress=progress, given=given)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,23 +240,40 @@ def _logger(info: DistInfo) -> Callable[[str], None]:
     return (lambda msg: tqdm.write(f"[fptbench] {msg}")) if info.rank == 0 else (lambda msg: None)
 
 
-def _pretrained_trunk(cfg: dict, info: DistInfo, log: Callable[[str], None], *, progress: bool) -> dict | None:
-    """With ``model.backbone_pretrain``: its cached trunk (what :func:`~fptbench.engine.pretrain.ensure_trunk`
-    returns), pre-trained here first when a single process finds it missing; else None."""
-    if not cfg["model"]["backbone_pretrain"]:
-        return None
-    from fptbench.engine.pretrain import cached_trunk, ensure_trunk
-
-    if info.world_size > 1:
-        cached_trunk(cfg)  # the pre-training is a single-process run of its own, not nested in a DDP job
-    return ensure_trunk(cfg, log=log, progress=progress and info.rank == 0)
+CONFIG_FILE = "config.yaml"
+"""The resolved config, written into the run folder when a run starts."""
 
 
-def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None, load_detectron: str | None,
+def _write_config(output_dir: Path, cfg: dict, batch: dict) -> None:
+    """``OUTPUT/config.yaml``: the resolved config as given (a loadable config file, each key with
+    its meaning), headed by its hash and the batch it runs at; atomically, at every (re)start."""
+    from fptbench.config import config_hash, dump_config
+    from fptbench.fileio import atomic_write
+
+    text = (f"# fptbench config, hash {config_hash(cfg)}; this run: {format_plan(batch)}\n"
+            + dump_config(cfg))
+    atomic_write(output_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
+
+
+def _trunk_record(cfg: dict, trunk) -> dict[str, Any]:
+    """What the record says of the trunk's start: the key and value that chose it, the file, its
+    format, sha256 and whether it matches the published checksum (:mod:`fptbench.trunks`)."""
+    from fptbench.trunks import sha256_file
+
+    out: dict[str, Any] = {"kind": trunk.kind, "key": trunk.key,
+                           "value": cfg["model"]["backbone_pretrain"] or cfg["model"]["backbone_weights"]}
+    if trunk.path is not None:
+        out.update(path=str(trunk.path), format=trunk.format, sha256=sha256_file(trunk.path))
+    if trunk.published is not None:
+        out.update(url=trunk.published.url, published_sha256_prefix=trunk.published.sha256_prefix)
+    return out
+
+
+def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None,
                   log: Callable[[str], None]) -> torch.nn.Module:
     """Seeding and weights: the model of ``cfg`` with its initial weights, on the device."""
     seed_everything(cfg["seed"])
-    model = load_model(cfg, load_ckpt, pretrained=True, detectron=load_detectron, log=log)
+    model = load_model(cfg, load_ckpt, pretrained=True, log=log)
     model.to(info.device)
     if info.world_size > 1:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), then one random stream
@@ -255,6 +303,47 @@ def _sync_batchnorm(model: torch.nn.Module, cfg: dict, info: DistInfo) -> bool:
     return True
 
 
+def param_groups(model: torch.nn.Module, tcfg: dict) -> list[dict[str, Any]]:
+    """SGD parameter groups of the trainable parameters, each with its ``lr`` (``train.base_lr``
+    times its factor) and ``weight_decay``.
+
+    A parameter named ``bias`` gets ``train.bias_lr_factor`` and ``train.weight_decay_bias``; the
+    weight of a normalisation layer gets ``train.weight_decay_norm``: of every one (BatchNorm,
+    GroupNorm, LayerNorm, ...) with ``train.norm_decay_layers: all``, as detectron2's
+    ``get_default_optimizer_params`` [detectron2], of GroupNorm only with ``groupnorm``, as the
+    authors' three groups (``tools/train_net_step.py`` 261-299: biases by name with
+    ``BIAS_DOUBLE_LR`` and ``BIAS_WEIGHT_DECAY``, GroupNorm weights with ``WEIGHT_DECAY_GN``)
+    [code]; every other one ``train.weight_decay``. A null decay means ``train.weight_decay``.
+    Parameters that share (factor, decay) share a group, in the model's parameter order, so the
+    schema's defaults give one group: torch's SGD over ``model.parameters()``.
+    """
+    decay = tcfg["weight_decay"]
+    norm_decay = decay if tcfg["weight_decay_norm"] is None else tcfg["weight_decay_norm"]
+    bias_decay = decay if tcfg["weight_decay_bias"] is None else tcfg["weight_decay_bias"]
+    norms = ((torch.nn.GroupNorm,) if tcfg["norm_decay_layers"] == "groupnorm" else
+             (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm, torch.nn.LocalResponseNorm))
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            if name == "bias":
+                key = (tcfg["bias_lr_factor"], bias_decay)
+            elif isinstance(module, norms):
+                key = (1.0, norm_decay)
+            else:
+                key = (1.0, decay)
+            groups.setdefault(key, []).append(param)
+    if len(groups) == 1:  # torch's SGD over model.parameters(), in their order
+        (factor, wd), = groups
+        return [{"params": [p for p in model.parameters() if p.requires_grad],
+                 "lr": tcfg["base_lr"] * factor, "weight_decay": wd}]
+    return [{"params": params, "lr": tcfg["base_lr"] * factor, "weight_decay": wd}
+            for (factor, wd), params in groups.items()]
+
+
 @dataclass
 class _TrainState:
     """Everything a checkpoint holds besides the RNGs, and where the run starts from."""
@@ -265,21 +354,24 @@ class _TrainState:
     scheduler: Any
     scaler: Any  # torch.amp.GradScaler with fp16 autocast on CUDA, else None
     stream: list  # _stream_signature: resuming with another would not replay the run
+    accumulate: int = 1  # micro-batches per optimizer step (fptbench.batch)
     start_iter: int = 0
     time_before: float = 0.0  # training seconds spent before a resume
     last_loss: float | None = None  # the loss of the last step done (None: not known)
 
     @classmethod
-    def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo, dtype: torch.dtype | None) -> "_TrainState":
-        """SGD on the trainable parameters, the warm-up + steps schedule, a grad scaler for fp16
-        autocast (``dtype``, from :func:`autocast_dtype`) on CUDA."""
+    def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo, dtype: torch.dtype | None,
+               accumulate: int = 1) -> "_TrainState":
+        """SGD on the trainable parameters (:func:`param_groups`), the warm-up + steps schedule, a
+        grad scaler for fp16 autocast (``dtype``, from :func:`autocast_dtype`) on CUDA."""
         tcfg = cfg["train"]
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=tcfg["base_lr"], momentum=tcfg["momentum"],
+        groups = param_groups(model, tcfg)
+        params = [p for group in groups for p in group["params"]]
+        optimizer = torch.optim.SGD(groups, lr=tcfg["base_lr"], momentum=tcfg["momentum"],
                                     weight_decay=tcfg["weight_decay"])
         scheduler = build_lr_scheduler(optimizer, tcfg)
         scaler = torch.amp.GradScaler("cuda") if info.device.type == "cuda" and dtype == torch.float16 else None
-        return cls(model, params, optimizer, scheduler, scaler, _stream_signature(cfg, info))
+        return cls(model, params, optimizer, scheduler, scaler, _stream_signature(cfg, info, accumulate), accumulate)
 
 
 def _resume(state: _TrainState, output_dir: Path, cfg: dict, info: DistInfo, log: Callable[[str], None]) -> None:
@@ -326,22 +418,34 @@ def _wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     )
 
 
-def _train_loader(cfg: dict, info: DistInfo, start_iter: int, log: Callable[[str], None]) -> DataLoader:
-    """The loader of ``data.train``, its stream a function of the iteration (TrainBatchSampler)."""
+def _train_loader(cfg: dict, info: DistInfo, start_iter: int, accumulate: int,
+                  log: Callable[[str], None]) -> DataLoader:
+    """The loader of ``data.train``, its stream a function of the iteration (TrainBatchSampler):
+    ``accumulate`` micro-batches per iteration, detection images grouped by orientation
+    (``train.aspect_grouping``)."""
     from fptbench.data import build_dataset
 
     dataset = build_dataset(cfg, "train")
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(dataset.skipped.items())) or "nothing"
-    log(f"training on {cfg['data']['train']}: {len(dataset)} images; skipped {skipped}")
+    images = cfg["train"]["max_iter"] * info.world_size * cfg["train"]["images_per_device"] * accumulate
+    log(f"training on {cfg['data']['train']}: {len(dataset)} images; skipped {skipped}; {images:,} images seen "
+        f"= {images / len(dataset):.2f} epochs")
+    seeded = getattr(dataset, "seeded", False)  # items keyed (index, seed): they draw their own augmentation
+    groups = None
+    if cfg["train"]["aspect_grouping"] and not seeded:
+        groups = [int(height > width) for height, width in dataset.image_sizes]  # 1: portrait
+        portrait = sum(groups)
+        log(f"aspect-ratio grouping: {len(groups) - portrait} landscape (width >= height), {portrait} portrait images")
     sampler = TrainBatchSampler(
         len(dataset),
         images_per_device=cfg["train"]["images_per_device"],
         seed=cfg["seed"],
         rank=info.rank,
         world_size=info.world_size,
-        start_iter=start_iter,
+        start_iter=start_iter * accumulate,  # the sampler counts micro-batches
         flip=cfg["data"]["flip"],
-        seeds=getattr(dataset, "seeded", False),  # items keyed (index, seed): they draw their own augmentation
+        seeds=seeded,
+        groups=groups,
     )
     # Its own generator: creating the loader must not draw from the global RNG, which the
     # checkpoint restores (a resumed loader would otherwise shift every later random draw).
@@ -388,11 +492,9 @@ def _loop(state: _TrainState, ddp_model: torch.nn.Module, loader: DataLoader, wr
     try:  # the bar ends its line whatever happens: an error message then starts its own
         for iteration in range(state.start_iter, max_iter):
             t0 = time.perf_counter()
-            images, targets = next(data_iter)
-            images = [img.to(info.device, non_blocking=True) for img in images]
-            targets = [{k: (v.to(info.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+            micro = [next(data_iter) for _ in range(state.accumulate)]
             data_time = time.perf_counter() - t0
-            loss_dict, loss_value, lr = _step(state, ddp_model, images, targets, iteration, tcfg, info, autocast)
+            loss_dict, loss_value, lr = _step(state, ddp_model, micro, iteration, tcfg, info, autocast)
             done = iteration + 1
             if writer is not None and (done % tcfg["log_period"] == 0 or done == max_iter):
                 _log_scalars(writer, done, loss_dict, loss_value, lr, time.perf_counter() - t0, data_time, info.device)
@@ -405,25 +507,45 @@ def _loop(state: _TrainState, ddp_model: torch.nn.Module, loader: DataLoader, wr
     return t_start, loss_value
 
 
-def _step(state: _TrainState, ddp_model: torch.nn.Module, images: list, targets: list, iteration: int,
-          tcfg: dict, info: DistInfo, autocast) -> tuple[dict, float, float]:
-    """One optimizer step. Returns (the loss terms, the total loss, the learning rate it used)."""
-    with autocast:
-        loss_dict = ddp_model(images, targets)
-    loss = sum(loss_dict.values())
-    loss_value = float(loss.detach())
-    if not _all_finite(loss, info):
-        raise FloatingPointError(
-            f"loss is {loss_value} at iteration {iteration}: "
-            + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
-        )
+def _to_device(images: list, targets: list, device: torch.device) -> tuple[list, list]:
+    images = [img.to(device, non_blocking=True) for img in images]
+    targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+def _step(state: _TrainState, ddp_model: torch.nn.Module, micro: list, iteration: int,
+          tcfg: dict, info: DistInfo, autocast) -> tuple[dict[str, float], float, float]:
+    """One optimizer step over ``micro``, a list of ``state.accumulate`` (images, targets)
+    micro-batches: each one's loss divided by their number is back-propagated (DDP's all-reduce
+    only after the last), so the gradient is that of their mean loss. Returns (the loss terms and
+    the total loss, means over the micro-batches, and the learning rate the step used)."""
     optimizer, scaler = state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
+    count = len(micro)
+    terms: dict[str, float] = {}
+    loss_value = 0.0
+    for j, (images, targets) in enumerate(micro):
+        images, targets = _to_device(images, targets, info.device)
+        last = j == count - 1
+        sync = ddp_model.no_sync() if not last and hasattr(ddp_model, "no_sync") else nullcontext()
+        with sync:
+            with autocast:
+                loss_dict = ddp_model(images, targets)
+            loss = sum(loss_dict.values())
+            value = float(loss.detach())
+            if not _all_finite(loss, info):
+                raise FloatingPointError(
+                    f"loss is {value} at iteration {iteration}: "
+                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
+                )
+            if count > 1:
+                loss = loss / count
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss_value += value / count
+        for k, v in loss_dict.items():
+            terms[k] = terms.get(k, 0.0) + float(v.detach()) / count
     if scaler is not None:
-        scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-    else:
-        loss.backward()
     if tcfg["clip_grad_norm"] > 0:
         torch.nn.utils.clip_grad_norm_(state.params, tcfg["clip_grad_norm"])
     if scaler is not None:
@@ -433,14 +555,14 @@ def _step(state: _TrainState, ddp_model: torch.nn.Module, images: list, targets:
         optimizer.step()
     lr = optimizer.param_groups[0]["lr"]
     state.scheduler.step()
-    return loss_dict, loss_value, lr
+    return terms, loss_value, lr
 
 
 def _log_scalars(writer, done: int, loss_dict: dict, loss_value: float, lr: float, iteration_s: float,
                  data_s: float, device: torch.device) -> None:
     """Logging: losses, learning rate, times and memory to TensorBoard at iteration ``done``."""
     for k, v in loss_dict.items():
-        writer.add_scalar(f"loss/{k}", float(v.detach()), done)
+        writer.add_scalar(f"loss/{k}", v, done)
     writer.add_scalar("loss/total", loss_value, done)
     writer.add_scalar("lr", lr, done)
     writer.add_scalar("time/iteration_s", iteration_s, done)

@@ -21,9 +21,10 @@ ones::
 
 Overrides are applied in this order: ``set``, each axis value's overrides in axis order, then the
 caller's ``overrides`` (``--set``). Run ids are the cells' labels joined by ``-`` plus the first 8
-hex digits of :func:`~fptbench.config.config_hash` of the resolved config, e.g.
-``st-resnet50-s0-1a2b3c4d``: the same file gives the same ids, and a change to one cell's config
-changes only that cell's id [ours].
+hex digits of a hash of the resolved config and the cell's effective batch (``world_size`` x
+``train.images_per_device`` x ``train.accumulate``, :mod:`fptbench.batch`: the batch changes the
+learning rate and the schedule a cell runs), e.g. ``st-resnet50-s0-1a2b3c4d``: the same file gives
+the same ids, and a change to one cell's config or batch changes only that cell's id [ours].
 
 Speed: the base's ``_base_`` chain is read once; each cell is a dict copy, its overrides (typed
 and checked once, when the file is read), :func:`~fptbench.config.check_config` and the hash.
@@ -60,6 +61,7 @@ from fptbench.config import (
     sections,
     unknown_key,
 )
+from fptbench.batch import batch_plan
 from fptbench.errors import UsageError
 from fptbench.paths import REPO_ROOT, resolve_name_or_path
 from fptbench.yamlio import compose_yaml, construct, read_text
@@ -88,7 +90,8 @@ class Cell:
     ``overrides``: ``(dotted key, typed value)`` pairs in the order applied to the base:
     ``set``, the axis values' overrides, the caller's overrides. ``config``: the resolved,
     checked nested config (as :func:`~fptbench.config.load_config` returns), ``config_hash`` its
-    :func:`~fptbench.config.config_hash`.
+    :func:`~fptbench.config.config_hash` (what the run's record carries); ``batch`` its effective
+    batch, which enters the run id with the config.
     """
 
     run_id: str
@@ -96,6 +99,7 @@ class Cell:
     overrides: tuple[tuple[str, Any], ...]
     config: dict = field(repr=False)
     config_hash: str
+    batch: int = 0  # images per optimizer step at the matrix's world_size (fptbench.batch)
 
 
 @dataclass(frozen=True)
@@ -414,7 +418,7 @@ def _reference(reader: _Reader, node: yaml.Node, axes: list[_Axis]) -> tuple[int
 # expansion
 
 def _expand(reader: _Reader, base_flat: dict[str, Any], fixed: list[tuple[str, Any]], fixed_line: int,
-            axes: list[_Axis], excludes: list, extra: list[tuple[str, Any]]) -> tuple[Cell, ...]:
+            axes: list[_Axis], excludes: list, extra: list[tuple[str, Any]], world_size: int) -> tuple[Cell, ...]:
     """The cells: cross product of the axes (first slowest), excludes dropped, each checked."""
     excluded: list[int] = [0] * len(excludes)
     cells: list[Cell] = []
@@ -438,6 +442,11 @@ def _expand(reader: _Reader, base_flat: dict[str, Any], fixed: list[tuple[str, A
         except ConfigError as err:
             raise _cell_error(reader, err, base_flat, fixed, fixed_line, extra, entries, labels) from None
         digest = config_hash(cfg)
+        try:
+            batch = batch_plan(cfg, world_size).batch
+        except UsageError as err:
+            raise _cell_error(reader, ConfigError(f"cell: {err} (world_size {world_size})"), base_flat, fixed,
+                              fixed_line, extra, entries, labels) from None
         if digest in seen:
             other = seen[digest]
             k = next(k for k, (a, b) in enumerate(zip(other, combo)) if a != b)
@@ -447,11 +456,12 @@ def _expand(reader: _Reader, base_flat: dict[str, Any], fixed: list[tuple[str, A
                                                    f"exclude one")
         seen[digest] = combo
         cells.append(Cell(
-            run_id="-".join([*labels, digest[:RUN_ID_HASH]]),
+            run_id="-".join([*labels, config_hash({"config": digest, "batch": batch})[:RUN_ID_HASH]]),
             axes={axis.name: entry.value for axis, entry in zip(axes, entries)},
             overrides=tuple(pairs),
             config=cfg,
             config_hash=digest,
+            batch=batch,
         ))
     for k, (line, _) in enumerate(excludes):
         if not excluded[k]:
@@ -535,7 +545,7 @@ def load_matrix(name_or_path: str | os.PathLike, overrides: Sequence[tuple[str, 
 
     extra = _as_matrix_error(apply_overrides, {}, list(overrides), reader.shown, refuse=refuse_axis)
 
-    cells = _expand(reader, base_flat, fixed, fixed_line, axes, excludes, extra)
+    cells = _expand(reader, base_flat, fixed, fixed_line, axes, excludes, extra, world_size)
     reference: dict[str, Any] = {}
     if "reference" in top:
         line, reference = _reference(reader, top["reference"][1], axes)

@@ -177,9 +177,10 @@ class CellRunner(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _train_evaluate(spec: CellSpec, run_dir: Path) -> dict[str, Any]:
-        from fptbench.engine import evaluate_checkpoint, train
+        from fptbench.engine import evaluate_checkpoint, prepare_trunk, train
         from fptbench.engine.checkpoint import find_last
 
+        prepare_trunk(spec.config, log=lambda m: print(f"[fptbench] {m}", flush=True))
         result = train(spec.config, run_dir, resume=True, progress=True)
         if spec.config["train"]["eval_at_end"]:
             return result

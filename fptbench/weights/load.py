@@ -27,7 +27,7 @@ from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from fptbench.errors import UsageError
 
-__all__ = ["LoadReport", "load_backbone_weights", "load_detection_weights"]
+__all__ = ["HEAD_PREFIXES", "LoadReport", "load_backbone_weights", "load_detection_weights", "load_heads"]
 
 PathLike = Union[str, Path]
 
@@ -39,6 +39,9 @@ LATERAL_PREFIX = "backbone.laterals."
 
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 """The only tensors whose shape depends on ``model.num_classes``."""
+
+HEAD_PREFIXES = ("rpn.", "roi_heads.")
+"""The detection heads in a torchvision detector's state_dict: everything after the neck."""
 
 NUM_BATCHES_TRACKED = "num_batches_tracked"
 """BatchNorm2d's step counter: FrozenBatchNorm2d has none; it never changes a forward pass."""
@@ -367,3 +370,25 @@ def load_detection_weights(model: nn.Module, path: PathLike, *, weights_only: bo
         report.warnings.append("the model's FPT transforms 1x1 laterals (fpt.input lateral): the file's backbone.fpn.* "
                                "is skipped and backbone.laterals.* left as initialised")
     return report
+
+
+def load_heads(model: nn.Module, path: PathLike) -> LoadReport:
+    """Copy a heads file (``rpn.*``, ``roi_heads.*``: the cached heads of a ``model.backbone_pretrain``
+    run, :func:`fptbench.engine.pretrain.ensure_trunk`) into a detector; every tensor of the model's
+    heads must be in the file with its shape.
+
+    Raises:
+        UsageError: unreadable file, or heads that do not fit (the model is then left as built).
+    """
+    module = unwrap(model)
+    state = read_state_dict(path, what="a pre-trained heads file (rpn.*, roi_heads.*)")
+    target = {k: v for k, v in module.state_dict().items() if k.startswith(HEAD_PREFIXES)}
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in target.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise mismatch_error(path, "the model's RPN and RoI heads", missing=missing, unexpected=unexpected,
+                             shapes=shapes)
+    copy_into(module, state)
+    return LoadReport(str(path), loaded=list(state))

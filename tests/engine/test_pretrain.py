@@ -22,8 +22,9 @@ from fptbench.data.synth import write_synth
 from fptbench.engine import train
 from fptbench.engine.checkpoint import find_last, load_checkpoint
 from fptbench.engine.model import load_model
-from fptbench.engine.pretrain import ensure_trunk, trunk_path
+from fptbench.engine.pretrain import ensure_trunk, prepare_trunk
 from fptbench.errors import UsageError
+from fptbench.trunks import pretrain_path as trunk_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,13 +130,21 @@ def test_digest_follows_the_recipe_and_the_data(synth, tmp_path, monkeypatch):
 
 def test_a_run_records_its_trunk_and_a_missing_one_is_named(synth, tmp_path):
     cfg = _cfg(synth, _recipe(tmp_path), **{"train.max_iter": 1, "train.eval_at_end": False})
+    # The loader and the trainer build and train; they never pre-train: a missing trunk is named,
+    # with the command that makes it, before anything is built or written.
     with pytest.raises(UsageError, match=r"not pre-trained yet; make it with `fptbench pretrain .*pre2.yaml`"):
         load_model(cfg, pretrained=True)
+    with pytest.raises(UsageError, match=r"not pre-trained yet"):
+        train(cfg, tmp_path / "refused", progress=False)
+    assert not (tmp_path / "refused").exists()
+    # prepare_trunk (what `fptbench train` and a sweep's cell call first) makes it once
+    assert prepare_trunk(cfg, log=lambda m: None, progress=False)["pretrained_here"]
+    assert not prepare_trunk(cfg, log=lambda m: None, progress=False)["pretrained_here"]
     summary = train(cfg, tmp_path / "run", progress=False)
-    trunk = summary["pretrained_trunk"]
-    assert trunk["pretrained_here"] and trunk["sha256"] == hashlib.sha256(Path(trunk["path"]).read_bytes()).hexdigest()
-    summary = train(cfg, tmp_path / "run2", progress=False)
-    assert not summary["pretrained_trunk"]["pretrained_here"]
+    trunk = summary["trunk"]
+    assert trunk["kind"] == "pretrain" and trunk["key"] == "model.backbone_pretrain"
+    assert trunk["sha256"] == hashlib.sha256(Path(trunk["path"]).read_bytes()).hexdigest()
+    assert Path(trunk["path"]) == trunk_path(cfg)
 
 
 def test_a_trunk_of_another_network_is_refused(synth, tmp_path):
@@ -239,10 +248,11 @@ def test_a_segmentation_run_starts_from_the_cached_trunk_and_records_it(synth, t
 
     write_synth_seg(synth, train=8, val=2, size=64, seed=0)
     cfg = _seg_cfg(synth, **{"model.backbone_pretrain": str(_recipe(tmp_path))})
-    summary = train(cfg, tmp_path / "seg", progress=False, save=False)  # pre-trains first: nothing cached yet
-    trunk = summary["training"]["pretrained_trunk"]  # named in the record as detection records name it
+    assert prepare_trunk(cfg, log=lambda m: None, progress=False)["pretrained_here"]  # nothing cached yet
+    summary = train(cfg, tmp_path / "seg", progress=False, save=False)
+    trunk = summary["training"]["trunk"]  # named in the record as detection records name it
     path = Path(trunk["path"])
-    assert trunk["pretrained_here"] and path.parent == synth / "pretrained" and path.name.startswith("pre2-")
+    assert trunk["kind"] == "pretrain" and path.parent == synth / "pretrained" and path.name.startswith("pre2-")
     assert path == trunk_path(_cfg(synth, _recipe(tmp_path)))  # the detection configs' trunk, not a second one
     assert summary["metrics"]["segmentation"]["mIoU"] is not None
 

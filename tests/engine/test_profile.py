@@ -26,9 +26,28 @@ def params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def _torchvision_coco_recipe() -> torch.nn.Module:
+    """torchvision's maskrcnn_resnet50_fpn as its builder makes it from ImageNet weights (without
+    downloading them): a FrozenBatchNorm2d ResNet-50, 3 trainable stages, 91 classes."""
+    from torchvision.models import resnet50
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops import FrozenBatchNorm2d
+
+    return MaskRCNN(_resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3), num_classes=91)
+
+
 def test_bfp_parameters_equal_torchvision():
-    # With FPT off the model is torchvision's Mask R-CNN R50-FPN (91 classes), part by part.
+    # With FPT off the model is torchvision's Mask R-CNN R50-FPN (91 classes), part by part: as
+    # torchvision builds it from ImageNet weights for the COCO config (frozen BN, whose affine
+    # tensors are buffers), and from scratch (every BatchNorm trained).
     model = build_model(load_config("maskrcnn_r50_bfp"))
+    reference = _torchvision_coco_recipe()
+    counts = count_parameters(model)
+    assert counts["total"] == params(reference)
+    trainable = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+    assert trainable(model) == trainable(reference) < params(reference)  # stem and res2 frozen
+    model = build_model(load_config("maskrcnn_r50_bfp", [("model.backbone_norm", "bn")]))
     reference = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     counts = count_parameters(model)
     assert counts["total"] == params(reference)

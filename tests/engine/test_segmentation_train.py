@@ -21,7 +21,7 @@ from fptbench.engine.checkpoint import load_checkpoint
 from fptbench.engine.distributed import DistInfo
 from fptbench.engine.model import build_model
 from fptbench.engine.schedule import build_lr_scheduler, warmup_poly_factor
-from fptbench.engine.segmenter import Segmenter
+from fptbench.modeling.segmenter import Segmenter
 from fptbench.errors import UsageError
 
 TINY = [

@@ -91,5 +91,5 @@ def test_the_training_loader_pins_memory_on_cuda_only(tmp_path):
 
     write_synth(tmp_path, train=2, val=1, size=64, seed=0)
     cfg = load_config("synth_r18_bfp", [("data.root", str(tmp_path)), ("data.num_workers", 0)])
-    assert _train_loader(cfg, DistInfo(device=torch.device("cuda", 0)), 0, lambda _: None).pin_memory is True
-    assert _train_loader(cfg, DistInfo(), 0, lambda _: None).pin_memory is False
+    assert _train_loader(cfg, DistInfo(device=torch.device("cuda", 0)), 0, 1, lambda _: None).pin_memory is True
+    assert _train_loader(cfg, DistInfo(), 0, 1, lambda _: None).pin_memory is False

@@ -75,7 +75,9 @@ def test_cell_config_is_the_base_with_its_overrides(tmp_path):
                               ("seed", 1))
     assert cell.config == load_config("synth_r18_bfp", cell.overrides)
     assert cell.config_hash == config_hash(cell.config)
-    assert cell.run_id == f"st-resnet34-s1-{cell.config_hash[:8]}"
+    # the run id hashes the config and the effective batch: 1 process x 4 images (synth_r18_bfp's)
+    assert cell.batch == 4
+    assert cell.run_id == f"st-resnet34-s1-{config_hash({'config': cell.config_hash, 'batch': 4})[:8]}"
     # cells do not share mutable values: editing one config leaves the others alone
     cell.config["model"]["anchor_sizes"].append(1)
     assert matrix.cells[0].config["model"]["anchor_sizes"] == [8, 16, 32, 64, 128]
@@ -332,7 +334,9 @@ def test_paper_ablation_has_the_eight_combinations():
                      "rt": (False, False, True), "st+gt": (True, True, False), "st+rt": (True, False, True),
                      "gt+rt": (False, True, True), "fpt": (True, True, True)}
     assert {c.config["model"]["backbone"] for c in matrix.cells} == {"resnet50"}
-    assert {c.config["train"]["max_iter"] for c in matrix.cells} == {180000}
+    # the shipped config's recipe, detectron2's 1x at 8 GPUs x 2 images = its reference batch
+    assert {c.config["train"]["max_iter"] for c in matrix.cells} == {90000}
+    assert {c.batch for c in matrix.cells} == {16} == {c.config["train"]["reference_batch"] for c in matrix.cells}
 
 
 def test_paper_backbones_cells_are_the_shipped_configs():
@@ -404,7 +408,9 @@ def test_paper_segmentation_cells_are_the_shipped_configs():
     for cell in matrix.cells:
         name = f"seg_r101_{cell.axes['dataset']}_{cell.axes['neck']}"
         assert cell.config == load_config(name), name
-        assert cell.run_id.endswith(config_hash(load_config(name))[:8])  # the config's own hash
+        # the config's own hash, with its batch (8 GPUs x its images per device)
+        batch = 8 * load_config(name)["train"]["images_per_device"]
+        assert cell.run_id.endswith(config_hash({"config": config_hash(load_config(name)), "batch": batch})[:8])
 
 
 def test_demo_segmentation_cells_are_the_synthetic_configs():
@@ -417,11 +423,19 @@ def test_demo_segmentation_cells_are_the_synthetic_configs():
         assert cell.config["model"]["backbone_pretrain"] == "synth_r18_pretrain"  # the detection cells' trunk
 
 
-def test_paper_segmentation_dry_run_lists_its_12_cells(run_cli):
-    done = run_cli("sweep", "paper_segmentation", "--dry-run", "--results", "/nonexistent-results")
+def test_paper_segmentation_dry_run_lists_its_12_cells(run_cli, tmp_path):
+    # Without its ImageNet trunk the sweep stops before listing or submitting anything, naming the file.
+    done = run_cli("sweep", "paper_segmentation", "--dry-run", "--results", "/nonexistent-results",
+                   env={"FPTBENCH_WEIGHTS_DIR": str(tmp_path)})
+    assert done.returncode == 2 and "dry run" not in done.stdout
+    assert f"{tmp_path}/resnet101-63fe2227.pth" in done.stderr and "12 cell(s) lack their trunk weights" in done.stderr
+    # With the trunk asked to start from scratch, by name, it lists the 12 cells.
+    done = run_cli("sweep", "paper_segmentation", "--dry-run", "--results", "/nonexistent-results",
+                   "--set", "model.backbone_weights", "scratch")
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split()[0] for line in done.stdout.splitlines() if " missing " in line]
-    assert rows == [c.run_id for c in load_matrix("paper_segmentation").cells] and len(rows) == 12
+    cells = load_matrix("paper_segmentation", [("model.backbone_weights", "scratch")]).cells
+    assert rows == [c.run_id for c in cells] and len(rows) == 12
     assert "dry run: would submit 12 of 12 cells" in done.stdout
 
 

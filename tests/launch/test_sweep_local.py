@@ -10,6 +10,8 @@ import json
 
 import pytest
 
+from fptbench.config import config_hash
+
 from tests.launch.workspace import fptbench, records, status_rows
 
 pytestmark = pytest.mark.slow  # the fixture trains two cells (~40 s)
@@ -29,7 +31,9 @@ def test_every_cell_runs_and_a_failing_cell_does_not_stop_the_others(local_sweep
         assert record["training"]["iterations"] == 6
         assert set(record["metrics"]) == {"bbox", "segm"}
         assert record["profile"]["input_size"] == [128, 128] and record["profile"]["params"] > 1e6
-        assert rid.endswith(record["config_hash"][:8])
+        # the run id hashes the record's config and the cell's batch (fptbench.experiments.matrix)
+        batch = record["training"]["batch"]["batch"]
+        assert rid.endswith(config_hash({"config": record["config_hash"], "batch": batch})[:8])
     # the FPT cell profiles its attention; the BFP cell has none
     by_neck = {rid.split("-")[0]: r for rid, r in found.items()}
     assert by_neck["fpt"]["profile"]["attention"]["macs"] > 0 == by_neck["bfp"]["profile"]["attention"]["macs"]

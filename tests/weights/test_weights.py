@@ -142,10 +142,12 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def coco_file(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
-    """torchvision's ``maskrcnn_resnet50_fpn`` (91 classes) state_dict, saved as its COCO .pth is."""
+    """torchvision's ``maskrcnn_resnet50_fpn`` (91 classes) state_dict, saved as its COCO .pth is:
+    trained with a FrozenBatchNorm2d trunk, so without the trunk's ``num_batches_tracked`` counters
+    (and the COCO configs freeze the trunk's BN as well)."""
     torch.manual_seed(0)
     theirs = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    state = redraw(theirs, seed=2)
+    state = {k: v for k, v in redraw(theirs, seed=2).items() if not k.endswith("num_batches_tracked")}
     path = tmp_path_factory.mktemp("coco") / "maskrcnn_resnet50_fpn_coco.pth"
     torch.save(state, path)
     return path, state
@@ -323,7 +325,7 @@ def test_detectron_pkl_loads_trunk_exactly(tmp_path, resnet50_blobs, layout):
 
 def test_detectron_pkl_warns_about_pixels_and_trainable_bn(tmp_path, resnet50_blobs):
     path = write_pkl(tmp_path / "R-50.pkl", {"blobs": resnet50_blobs[1]})
-    model = make_model("maskrcnn_r50_bfp")  # torchvision pixels, nn.BatchNorm2d
+    model = make_model("maskrcnn_r50_bfp", **{"model.backbone_norm": "bn"})  # torchvision pixels, nn.BatchNorm2d
     report = load_detectron_weights(model, path)
     assert len(report.warnings) == 3
     assert "model.pixel caffe" in report.warnings[0] and "frozen_bn" in report.warnings[1]
