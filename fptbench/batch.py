@@ -140,9 +140,12 @@ def format_plan(summary: dict) -> str:
     else:
         head += f" vs reference {summary['reference']}: linear scaling x{summary['factor']:g}"
 
+    def number(value: float) -> str:  # iterations in full, LRs short
+        return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
     def change(key: str, label: str) -> str:
         a, b = given[key], run[key]
-        return f"{label} {a:g}" if a == b else f"{label} {a:g} -> {b:g}"
+        return f"{label} {number(a)}" if a == b else f"{label} {number(a)} -> {number(b)}"
 
     parts = [change("base_lr", "LR"), change("max_iter", "max_iter"),
              f"steps {given['steps']}" + ("" if given["steps"] == run["steps"] else f" -> {run['steps']}"),

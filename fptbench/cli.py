@@ -76,6 +76,9 @@ def _config_args(parser: argparse.ArgumentParser) -> None:
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the resolved config as YAML, headed by a comment with its name and hash; with
     ``--diff OTHER``, the keys where the two differ, with the source of each value."""
+    if args.world_size is not None and (args.world_size < 1 or args.diff is not None):
+        raise UsageError(f"--world-size {args.world_size}: expected a number of processes >= 1, and no --diff "
+                         f"(the batch a run gets is printed with the config itself)")
     cfg = load_config(args.name, [tuple(pair) for pair in args.overrides])
     if args.diff is None:
         if args.json:
@@ -98,8 +101,6 @@ def cmd_config(args: argparse.Namespace) -> int:
         if args.world_size is not None:
             from fptbench.batch import batch_plan, format_plan, plan_summary, scale_train
 
-            if args.world_size < 1:
-                raise UsageError(f"--world-size: expected a number of processes >= 1, got {args.world_size}")
             plan = batch_plan(cfg, args.world_size)
             print(f"# at world size {args.world_size}: {format_plan(plan_summary(cfg, scale_train(cfg, plan), plan))}")
         print("# each key: its meaning; '<-' the file and line that set its value, and the comment there")
@@ -439,13 +440,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     pre-trained once if it is not cached yet."""
     cfg = _run_config(args)
     from fptbench.engine.distributed import choose_device
-    from fptbench.trunks import trunk_status
+    from fptbench.trunks import require_trunk
 
     choose_device(cfg["device"], int(os.environ.get("LOCAL_RANK", "0")))  # first: an unusable GPU, before data
     if not (args.load_ckpt or args.resume or cfg["model"]["weights"]):  # (a checkpoint covers the trunk)
-        status = trunk_status(cfg)
-        if status.problem and status.state != "not pre-trained yet":  # that one prepare_trunk makes
-            raise UsageError(status.problem)
+        require_trunk(cfg, pending_ok=True)  # a pre-training still to make, prepare_trunk makes
     from fptbench.engine import prepare_trunk, train
 
     load_ckpt = args.load_ckpt
@@ -663,7 +662,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cluster = load_cluster_profile(args.cluster) if args.cluster else None
     if cluster is not None and args.executor != "slurm":
         raise UsageError(f"--cluster {args.cluster}: a cluster profile needs --executor slurm")
-    _check_trunks(matrix)
+    _check_trunks(matrix, args.results)
     try:
         outcome = run_sweep(matrix, executor=args.executor, cluster=cluster, results=args.results,
                             dry_run=args.dry_run, rerun_failed=args.rerun_failed, jobs=args.jobs,
@@ -674,19 +673,37 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                     if status.run_id in outcome.submitted) else 0
 
 
-def _check_trunks(matrix) -> None:
-    """Before any cell is submitted (or listed by --dry-run): every cell's trunk file is there and
-    sound (:func:`fptbench.trunks.survey`); otherwise print the list and stop, instead of jobs that
-    fail after they start. A trunk that the first cell pre-trains is not a problem."""
+def _check_trunks(matrix, results: str) -> None:
+    """Before any cell is submitted (or listed by --dry-run): the trunk file of every cell still to
+    run (not done, not queued or running) is there and sound (:func:`fptbench.trunks.survey`);
+    otherwise print the list and stop, instead of jobs that fail after they start. A trunk that
+    the first cell pre-trains is no problem for single-process cells; multi-process cells need it
+    made first (`fptbench pretrain NAME`)."""
+    from fptbench.launch import sweep_status
+    from fptbench.launch.status import ACTIVE
     from fptbench.trunks import format_survey, survey
 
-    rows = survey([cell.config for cell in matrix.cells])
-    bad = [row for row in rows if not row.usable]
+    def unusable(rows: list) -> list:
+        return [row for row in rows if not row.usable
+                or (matrix.world_size > 1 and row.status is not None and row.status.state == "not pre-trained yet")]
+
+    todo = [cell.config for cell in matrix.cells]
+    rows = survey(todo)
+    if not unusable(rows):
+        return
+    # only then read the cells' states (a 10,000-cell status takes seconds): done and queued cells need nothing
+    done = {s.run_id for s in sweep_status(matrix, results=results, logs=0) if s.state == "done" or s.state in ACTIVE}
+    todo = [cell.config for cell in matrix.cells if cell.run_id not in done]
+    rows = survey(todo) if todo else []
+    bad = unusable(rows)
     if bad:
-        print(format_survey(rows, f"trunk weights of {matrix.name} ({len(matrix.cells)} cells)"), end="",
+        print(format_survey(rows, f"trunk weights of {matrix.name} ({len(todo)} cells to run)"), end="",
               file=sys.stderr)
+        first = bad[0].problem
+        if matrix.world_size > 1 and bad[0].status is not None and bad[0].status.state == "not pre-trained yet":
+            first += f" (its {matrix.world_size}-process cells cannot pre-train it themselves)"
         raise UsageError(f"{matrix.name}: {sum(row.cells for row in bad)} cell(s) lack their trunk weights "
-                         f"({len(bad)} source(s), listed above; first: {bad[0].problem}); nothing was submitted")
+                         f"({len(bad)} source(s), listed above; first: {first}); nothing was submitted")
 
 
 def _status_args(parser: argparse.ArgumentParser) -> None:

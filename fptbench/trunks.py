@@ -43,7 +43,6 @@ __all__ = [
     "TrunkRow",
     "TrunkSource",
     "TrunkStatus",
-    "cached_pretrain",
     "format_survey",
     "heads_path",
     "is_coco_detection",
@@ -110,7 +109,7 @@ _DETECTRON_URL = "https://dl.fbaipublicfiles.com/detectron/ImageNetPretrained/"
 # Detectron's ImageNet trunks (its MODEL_ZOO / detectron2's ModelCatalog.C2_IMAGENET_MODELS): the
 # MSRA caffe ResNets and FAIR's ResNeXts, BGR 0..255 minus the mean (model.pixel caffe), affine
 # "BN". No checksum is published for them. The authors' configs name `resnet50_caffe.pth`
-# (configs/e2e_fptnet_R-50_mask.yaml:19), Detectron.pytorch's conversion of the same MSRA
+# (configs/e2e_fptnet_R-50_mask.yaml:20), Detectron.pytorch's conversion of the same MSRA
 # ResNet-50 caffe model as R-50.pkl [code]; R-50.pkl is the file still published.
 DETECTRON_FILES: dict[str, TrunkFile] = {f.backbone: f for f in (
     TrunkFile("resnet50", "detectron", "R-50.pkl", _DETECTRON_URL + "MSRA/R-50.pkl", None),
@@ -282,15 +281,17 @@ def trunk_status(cfg: dict, *, verify: bool = True) -> TrunkStatus:
         f"(model.backbone_weights={source.kind}): a truncated or other file; download it again"))
 
 
-def require_trunk(cfg: dict, *, verify: bool = True) -> TrunkSource:
+def require_trunk(cfg: dict, *, verify: bool = True, pending_ok: bool = False) -> TrunkSource:
     """:func:`trunk_status`, raising its problem: a run calls this before it writes anything.
+    ``pending_ok``: a ``model.backbone_pretrain`` trunk not pre-trained yet is no problem (the
+    caller makes it: ``fptbench train`` before training).
 
     Raises:
         UsageError: one line naming the key and the file expected (missing, checksum mismatch, not
             pre-trained yet, or no trunk weights on a COCO detection run).
     """
     status = trunk_status(cfg, verify=verify)
-    if status.problem:
+    if status.problem and not (pending_ok and status.state == "not pre-trained yet"):
         raise UsageError(status.problem)
     return status.source
 
@@ -372,18 +373,6 @@ def pretrain_path(cfg: dict) -> Path:
 def heads_path(trunk: Path) -> Path:
     """The heads file beside a cached trunk file."""
     return trunk.with_suffix(".heads.pth")
-
-
-def cached_pretrain(cfg: dict) -> Path:
-    """The cached trunk file of ``cfg``'s ``model.backbone_pretrain``, which must exist.
-
-    Raises:
-        UsageError: not pre-trained yet (naming the command that makes it).
-    """
-    status = trunk_status(cfg, verify=False)
-    if status.problem:
-        raise UsageError(status.problem)
-    return status.source.path
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,7 +16,8 @@ from fptbench.config import config_origins, load_config
 
 COCO_1X = {  # detectron2's Base-RCNN-FPN.yaml + mask_rcnn_R_50_FPN_1x.yaml
     "model.backbone_weights": "imagenet", "model.backbone_norm": "frozen_bn", "model.trainable_backbone_layers": 3,
-    "model.min_size": 800, "model.max_size": 1333, "train.min_sizes": [800], "train.max_size": 1333,
+    "model.min_size": 800, "model.max_size": 1333, "train.min_sizes": [640, 672, 704, 736, 768, 800],
+    "train.max_size": 1333, "model.rpn_post_nms_top_n_train": 1000,
     "train.reference_batch": 16, "train.images_per_device": 2, "train.base_lr": 0.02, "train.max_iter": 90000,
     "train.steps": [60000, 80000], "train.warmup_iters": 1000, "train.warmup_factor": 0.001,
     "train.momentum": 0.9, "train.weight_decay": 1e-4, "train.weight_decay_norm": 0.0,

@@ -217,3 +217,47 @@ def test_a_detectron_pkl_is_a_config_key(tmp_path):
     body = model.backbone.body.state_dict()
     for name, key in inverse.items():
         assert torch.equal(body[key], reference[key]), name
+
+
+def test_a_resumed_run_needs_no_trunk_file_and_records_the_same_trunk(tmp_path):
+    # A requeued cell on a node whose weights folder moved resumes from its own checkpoint (which
+    # holds every weight) and records where its trunk started, as the uninterrupted run does.
+    from fptbench.data.synth import write_synth
+    from fptbench.engine import train
+
+    write_synth(tmp_path / "synth", train=4, val=2, size=64, seed=0)
+    trunk = _resnet18_file(tmp_path / "trunk.pth")
+    overrides = [("data.root", str(tmp_path / "synth")), ("model.backbone_pretrain", ""),
+                 ("model.backbone_weights", str(trunk)), ("model.min_size", 64), ("model.max_size", 64),
+                 ("data.num_workers", 0), ("train.checkpoint_period", 1), ("train.eval_at_end", False),
+                 ("train.warmup_iters", 1), ("train.steps", []), ("train.max_iter", 1)]
+    first = train(load_config("synth_r18_bfp", overrides), tmp_path / "run", progress=False)
+    assert first["trunk"] == {"kind": "file", "key": "model.backbone_weights", "value": str(trunk),
+                              "path": str(trunk), "format": "torchvision",
+                              "sha256": hashlib.sha256(trunk.read_bytes()).hexdigest()}
+    trunk.rename(tmp_path / "moved.pth")
+    more = load_config("synth_r18_bfp", overrides[:-1] + [("train.max_iter", 2)])
+    with pytest.raises(UsageError, match="trunk.pth: no such file"):
+        train(more, tmp_path / "fresh", progress=False)  # a new run needs it
+    resumed = train(more, tmp_path / "run", resume=True, progress=False)
+    assert resumed["iterations"] == 2 and {k: v for k, v in resumed["trunk"].items() if k != "sha256"} == {
+        k: v for k, v in first["trunk"].items() if k != "sha256"}
+    assert resumed["trunk"]["sha256"] is None  # the file is not here to digest: said, not guessed
+
+
+def test_a_sweep_of_multi_process_cells_needs_its_pretraining_made_first(run_cli, tmp_path):
+    # One-process cells pre-train a missing synthetic trunk themselves (the first one, under a lock);
+    # cells of several processes cannot, so the sweep stops before submitting and names the command.
+    from fptbench.data.synth import write_synth
+
+    write_synth(tmp_path / "synth", train=4, val=2, size=64, seed=0)
+    matrix = tmp_path / "two.yaml"
+    matrix.write_text(f"base: synth_r18_bfp\nset: {{data.root: {tmp_path / 'synth'}}}\nworld_size: 2\n"
+                      "axes: {seed: [0, 1]}\n")
+    done = run_cli("sweep", str(matrix), "--dry-run", "--results", str(tmp_path / "results"))
+    assert done.returncode == 2 and "dry run" not in done.stdout
+    assert "2 cell(s) lack their trunk weights" in done.stderr and "`fptbench pretrain synth_r18_pretrain`" in done.stderr
+    assert "its 2-process cells cannot pre-train it themselves" in done.stderr
+    matrix.write_text(matrix.read_text().replace("world_size: 2", "world_size: 1"))
+    done = run_cli("sweep", str(matrix), "--dry-run", "--results", str(tmp_path / "results"))
+    assert done.returncode == 0 and "dry run: would submit 2 of 2 cells" in done.stdout, done.stderr[-800:]

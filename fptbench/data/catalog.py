@@ -62,11 +62,13 @@ def coco_split(name: str) -> CocoSplit:
 
     A name of :data:`DATASETS` maps as listed; any other name ``S`` (e.g. the synthetic set's
     ``train``/``val``) means ``annotations/instances_S.json`` with its images in ``images/S/``
-    (the seed's layout only), image set ``S``.
+    (the seed's layout only), image set ``S`` with every ``_`` and ``/`` written ``-`` (the COCO
+    server splits results file names on ``_``: ``val_small`` -> ``detections_val-small_...``).
     """
     if name in DATASETS:
         return DATASETS[name]
-    return CocoSplit(f"annotations/instances_{name}.json", (f"images/{name}",), name)
+    return CocoSplit(f"annotations/instances_{name}.json", (f"images/{name}",),
+                     name.replace("_", "-").replace("/", "-") or "split")
 
 
 def resolve_split(name: str) -> tuple[str, str]:

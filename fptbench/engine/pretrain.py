@@ -78,9 +78,8 @@ def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: boo
         (of its bytes), ``pretrained_here`` (whether this call ran the pre-training) and
         ``record`` (the pre-training run's ``result.json`` path).
     """
-    from fptbench.batch import batch_plan, scale_train
     from fptbench.engine.checkpoint import find_last, load_checkpoint
-    from fptbench.engine.trainer import train
+    from fptbench.engine.trainer import effective_config, train
     from fptbench.fileio import atomic_write
 
     path = pretrain_path(cfg)
@@ -93,7 +92,7 @@ def ensure_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: boo
             log(f"pre-training the trunk once with {name} (cached as {path}; later runs reuse it)")
             t0 = time.perf_counter()
             last = find_last(run)
-            max_iter = scale_train(pre, batch_plan(pre, 1))["train"]["max_iter"]  # as train() runs it alone
+            max_iter = effective_config(pre, 1)["train"]["max_iter"]  # as train() runs it alone
             if last is None or load_checkpoint(last)["iteration"] < max_iter:
                 train(pre, run, resume=last is not None, progress=progress)
                 last = find_last(run)
@@ -128,9 +127,9 @@ def prepare_trunk(cfg: dict, *, log: Callable[[str], None] = print, progress: bo
     if not cfg["model"]["backbone_pretrain"]:
         return None
     from fptbench.engine.distributed import env_world_size
-    from fptbench.trunks import cached_pretrain
+    from fptbench.trunks import require_trunk
 
     if env_world_size() > 1:
-        cached_pretrain(cfg)
+        require_trunk(cfg, verify=False)  # cached, or one line naming `fptbench pretrain NAME`
         return None
     return ensure_trunk(cfg, log=log, progress=progress)

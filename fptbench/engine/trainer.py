@@ -42,7 +42,7 @@ from fptbench.engine.schedule import build_lr_scheduler
 from fptbench.errors import UsageError
 from fptbench.fileio import writable_dir
 from fptbench.records import RESULT_FILE
-from fptbench.trunks import require_trunk
+from fptbench.trunks import require_trunk, trunk_source
 
 __all__ = ["CONFIG_FILE", "train", "autocast_dtype", "effective_config", "param_groups", "seed_everything", "collate"]
 
@@ -82,15 +82,17 @@ def _memory_mb(device: torch.device) -> float:
     return float("nan")
 
 
-def _stream_signature(cfg: dict, info: DistInfo, accumulate: int) -> list:
-    """What the data stream depends on: resuming with another value would not replay the run."""
+def _stream_signature(cfg: dict, info: DistInfo, accumulate: int, grouped: bool) -> list:
+    """What the data stream depends on: resuming with another value would not replay the run.
+    Accumulation and grouping are appended only where they act (more than one micro-batch; batches
+    grouped by orientation), so that a run from before they existed, whose stream they leave as it
+    was, resumes, and one whose stream they change is refused."""
     signature = [cfg["seed"], cfg["train"]["images_per_device"], info.world_size, cfg["data"]["train"],
                  cfg["data"]["max_images"]]
-    # [ours] appended only where they change the stream, so that runs from before they existed resume
     if accumulate != 1:
         signature.append(f"accumulate={accumulate}")
-    if not cfg["train"]["aspect_grouping"]:
-        signature.append("aspect_grouping=false")
+    if grouped:
+        signature.append("aspect_grouping")
     return signature
 
 
@@ -159,9 +161,8 @@ def train(
     cfg = effective_config(cfg, info.world_size)
     # a missing or corrupt trunk file is refused before anything is written, unless whole-model
     # weights cover the trunk (--load-ckpt, model.weights, or this folder's checkpoint to resume)
-    covered = (load_ckpt or cfg["model"]["weights"]
-               or (resume and (find_last(output_dir) or numbered_checkpoints(output_dir))))
-    trunk = None if covered else require_trunk(cfg)
+    resuming = bool(resume and (find_last(output_dir) or numbered_checkpoints(output_dir)))
+    trunk = _resolve_trunk(cfg, info, covered=bool(load_ckpt or cfg["model"]["weights"] or resuming))
     _check_output(output_dir, resume=resume)
     log = _logger(info)
     if info.rank == 0:
@@ -169,20 +170,22 @@ def train(
             log(f"removed {path}, left by a write that was interrupted")
     batch = plan_summary(given, cfg, plan)
     log(format_plan(batch))
-    if info.rank == 0 and save:
-        _write_config(output_dir, given, batch)
+    _write_config(output_dir, given, batch, info, save=save)
 
-    model = _seeded_model(cfg, info, load_ckpt=load_ckpt, log=log)
+    # resuming restores every weight from the checkpoint: no trunk or weights file is read
+    model = _seeded_model(cfg, info, load_ckpt=load_ckpt, pretrained=not resuming, log=log)
     sync_bn = _sync_batchnorm(model, cfg, info)
     dtype, warning = autocast_dtype(cfg, info.device.type,
                                     bf16_supported=info.device.type == "cuda" and torch.cuda.is_bf16_supported())
     if warning:
         log(f"warning: {warning}")
-    state = _TrainState.create(model, cfg, info, dtype, plan.accumulate)
+    dataset, sampler = _train_data(cfg, info, plan.accumulate, log)
+    state = _TrainState.create(model, cfg, info, dtype, plan.accumulate, grouped=sampler.groups is not None)
     if resume:
         _resume(state, output_dir, cfg, info, log)
     ddp_model = _wrap_ddp(model, info)
-    loader = _train_loader(cfg, info, state.start_iter, plan.accumulate, log)
+    sampler.start_iter = state.start_iter * plan.accumulate  # the sampler counts micro-batches
+    loader = _loader(cfg, info, dataset, sampler)
     writer = _tensorboard(output_dir, state.start_iter) if info.rank == 0 and save else None
     set_train_sizes(model, cfg, training=True)
     ddp_model.train()
@@ -210,8 +213,7 @@ def train(
         "autocast_dtype": _dtype_name(dtype),  # what the forward passes computed in (fp32: none)
         "sync_bn": sync_bn,  # BatchNorm statistics over every rank's batch (model.sync_bn)
         "batch": batch,  # the effective batch and the schedule as given and as run (fptbench.batch)
-        "trunk": _trunk_record(cfg, trunk) if trunk is not None else {"kind": "checkpoint", "path": str(
-            load_ckpt or cfg["model"]["weights"] or output_dir / CHECKPOINT_DIR)},  # the checkpoint's trunk
+        "trunk": _trunk_record(cfg, trunk),
     }
     if not cfg["train"]["eval_at_end"]:
         return summary
@@ -244,36 +246,68 @@ CONFIG_FILE = "config.yaml"
 """The resolved config, written into the run folder when a run starts."""
 
 
-def _write_config(output_dir: Path, cfg: dict, batch: dict) -> None:
-    """``OUTPUT/config.yaml``: the resolved config as given (a loadable config file, each key with
-    its meaning), headed by its hash and the batch it runs at; atomically, at every (re)start."""
+def _resolve_trunk(cfg: dict, info: DistInfo, *, covered: bool):
+    """Where the trunk starts (:func:`fptbench.trunks.require_trunk`: its file there and sound), or,
+    when a checkpoint ``covered`` it, only where it would (nothing is opened). Every rank checks
+    and learns whether any rank failed, so that all raise together (a rank that raised alone,
+    e.g. on a node without the file, would leave the others waiting in DDP's first collective).
+
+    Raises:
+        UsageError: the first rank's problem (the key and the file, in one line).
+    """
+    problem, source = "", None
+    try:
+        source = trunk_source(cfg) if covered else require_trunk(cfg)
+    except UsageError as err:
+        problem = str(err)
+    problems = [p for p in _gather(problem, info) if p]
+    if problems:
+        raise UsageError(problems[0])
+    return source
+
+
+def _write_config(output_dir: Path, cfg: dict, batch: dict, info: DistInfo, *, save: bool) -> None:
+    """``OUTPUT/config.yaml`` (rank 0, with ``save``): the resolved config as given (a loadable
+    config file, each key with its meaning), headed by its hash and the batch it runs at;
+    atomically, at every (re)start. Every rank learns whether it could."""
     from fptbench.config import config_hash, dump_config
     from fptbench.fileio import atomic_write
 
-    text = (f"# fptbench config, hash {config_hash(cfg)}; this run: {format_plan(batch)}\n"
-            + dump_config(cfg))
-    atomic_write(output_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
+    failure = ""
+    if info.rank == 0 and save:
+        text = (f"# fptbench config, hash {config_hash(cfg)}; this run: {format_plan(batch)}\n"
+                + dump_config(cfg))
+        try:
+            atomic_write(output_dir / CONFIG_FILE, lambda f: f.write(text.encode()))
+        except OSError as err:
+            failure = f"{output_dir / CONFIG_FILE}: cannot write the run's config: {getattr(err, 'strerror', None) or err}"
+    failure = _gather(failure, info)[0]
+    if failure:
+        raise UsageError(failure)
 
 
 def _trunk_record(cfg: dict, trunk) -> dict[str, Any]:
     """What the record says of the trunk's start: the key and value that chose it, the file, its
-    format, sha256 and whether it matches the published checksum (:mod:`fptbench.trunks`)."""
+    format, sha256 (where the file is here) and its published checksum (:mod:`fptbench.trunks`);
+    the same for a run that resumed from its checkpoint as for one that did not."""
     from fptbench.trunks import sha256_file
 
     out: dict[str, Any] = {"kind": trunk.kind, "key": trunk.key,
                            "value": cfg["model"]["backbone_pretrain"] or cfg["model"]["backbone_weights"]}
     if trunk.path is not None:
-        out.update(path=str(trunk.path), format=trunk.format, sha256=sha256_file(trunk.path))
+        out.update(path=str(trunk.path), format=trunk.format,
+                   sha256=sha256_file(trunk.path) if trunk.path.is_file() else None)
     if trunk.published is not None:
         out.update(url=trunk.published.url, published_sha256_prefix=trunk.published.sha256_prefix)
     return out
 
 
-def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None,
+def _seeded_model(cfg: dict, info: DistInfo, *, load_ckpt: str | None, pretrained: bool,
                   log: Callable[[str], None]) -> torch.nn.Module:
-    """Seeding and weights: the model of ``cfg`` with its initial weights, on the device."""
+    """Seeding and weights: the model of ``cfg`` with its initial weights (``pretrained``: the
+    trunk and ``model.weights`` files; a resume restores every weight instead), on the device."""
     seed_everything(cfg["seed"])
-    model = load_model(cfg, load_ckpt, pretrained=True, log=log)
+    model = load_model(cfg, load_ckpt, pretrained=pretrained, log=log)
     model.to(info.device)
     if info.world_size > 1:
         # Same initial weights everywhere (DDP also broadcasts rank 0's), then one random stream
@@ -361,7 +395,7 @@ class _TrainState:
 
     @classmethod
     def create(cls, model: torch.nn.Module, cfg: dict, info: DistInfo, dtype: torch.dtype | None,
-               accumulate: int = 1) -> "_TrainState":
+               accumulate: int = 1, grouped: bool = False) -> "_TrainState":
         """SGD on the trainable parameters (:func:`param_groups`), the warm-up + steps schedule, a
         grad scaler for fp16 autocast (``dtype``, from :func:`autocast_dtype`) on CUDA."""
         tcfg = cfg["train"]
@@ -371,7 +405,8 @@ class _TrainState:
                                     weight_decay=tcfg["weight_decay"])
         scheduler = build_lr_scheduler(optimizer, tcfg)
         scaler = torch.amp.GradScaler("cuda") if info.device.type == "cuda" and dtype == torch.float16 else None
-        return cls(model, params, optimizer, scheduler, scaler, _stream_signature(cfg, info, accumulate), accumulate)
+        return cls(model, params, optimizer, scheduler, scaler, _stream_signature(cfg, info, accumulate, grouped),
+                   accumulate)
 
 
 def _resume(state: _TrainState, output_dir: Path, cfg: dict, info: DistInfo, log: Callable[[str], None]) -> None:
@@ -418,11 +453,12 @@ def _wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     )
 
 
-def _train_loader(cfg: dict, info: DistInfo, start_iter: int, accumulate: int,
-                  log: Callable[[str], None]) -> DataLoader:
-    """The loader of ``data.train``, its stream a function of the iteration (TrainBatchSampler):
-    ``accumulate`` micro-batches per iteration, detection images grouped by orientation
-    (``train.aspect_grouping``)."""
+def _train_data(cfg: dict, info: DistInfo, accumulate: int,
+                log: Callable[[str], None]) -> tuple[Any, TrainBatchSampler]:
+    """The dataset of ``data.train`` and its stream (TrainBatchSampler, a function of the
+    iteration): ``accumulate`` micro-batches per iteration, detection images grouped by
+    orientation (``train.aspect_grouping``). The sampler starts at 0; set its ``start_iter``
+    (micro-batches) to resume."""
     from fptbench.data import build_dataset
 
     dataset = build_dataset(cfg, "train")
@@ -434,19 +470,26 @@ def _train_loader(cfg: dict, info: DistInfo, start_iter: int, accumulate: int,
     groups = None
     if cfg["train"]["aspect_grouping"] and not seeded:
         groups = [int(height > width) for height, width in dataset.image_sizes]  # 1: portrait
-        portrait = sum(groups)
-        log(f"aspect-ratio grouping: {len(groups) - portrait} landscape (width >= height), {portrait} portrait images")
     sampler = TrainBatchSampler(
         len(dataset),
         images_per_device=cfg["train"]["images_per_device"],
         seed=cfg["seed"],
         rank=info.rank,
         world_size=info.world_size,
-        start_iter=start_iter * accumulate,  # the sampler counts micro-batches
         flip=cfg["data"]["flip"],
         seeds=seeded,
         groups=groups,
     )
+    if groups is not None:
+        portrait = sum(groups)
+        state = "grouped" if sampler.groups is not None else "one orientation or too few images: the plain stream"
+        log(f"aspect-ratio grouping: {len(groups) - portrait} landscape (width >= height), {portrait} portrait "
+            f"images; {state}")
+    return dataset, sampler
+
+
+def _loader(cfg: dict, info: DistInfo, dataset: Any, sampler: TrainBatchSampler) -> DataLoader:
+    """The DataLoader over ``sampler``'s batches."""
     # Its own generator: creating the loader must not draw from the global RNG, which the
     # checkpoint restores (a resumed loader would otherwise shift every later random draw).
     # Pinned batches on CUDA: the copies to the GPU (non_blocking) then overlap compute.
@@ -458,6 +501,14 @@ def _train_loader(cfg: dict, info: DistInfo, start_iter: int, accumulate: int,
         generator=torch.Generator().manual_seed(cfg["seed"]),
         pin_memory=info.device.type == "cuda",
     )
+
+
+def _train_loader(cfg: dict, info: DistInfo, start_iter: int, accumulate: int,
+                  log: Callable[[str], None]) -> DataLoader:
+    """The loader of ``data.train`` from iteration ``start_iter`` (:func:`_train_data`)."""
+    dataset, sampler = _train_data(cfg, info, accumulate, log)
+    sampler.start_iter = start_iter * accumulate
+    return _loader(cfg, info, dataset, sampler)
 
 
 def _tensorboard(output_dir: Path, start_iter: int):

@@ -29,10 +29,10 @@ and the notes name the rows: add the difference to the entry's ``config``.
 Schedules: ``train.max_iter`` as the config gives it, at batch B = ``train.reference_batch`` (the
 effective batch at which max_iter is given) if that is above 0, else (0 = max_iter as given) the
 run's own effective batch, world size x ``train.images_per_device`` x ``train.accumulate``. A
-record holds them in the trainer's batch plan, ``training.batch`` (``given.max_iter``,
-``reference``, ``batch``), its config's max_iter being scaled to the run's batch; a record from
-before the plan in its config and ``training.world_size`` (no ``reference_batch`` or
-``accumulate``: 0 and 1), a reference batch counting only where the run had that batch
+record's config holds max_iter as given (at the reference batch); a trained record also holds the
+trainer's batch plan, ``training.batch`` (``given.max_iter``, ``reference``, ``batch``), and one
+without it (an ``fptbench eval`` record, a record from before the plan) the config and, where
+known, ``training.world_size`` (no ``reference_batch`` or ``accumulate``: 0 and 1)
 (:func:`record_schedule`). Named ``<N>x`` for N x 90k iterations at batch 16 (detectron2's ``1x`` = 90k@16, ``2x`` =
 180k@16, ``3x`` = 270k@16), else ``<iterations>@<B>``, iterations in thousands where whole:
 ``120k@16``, ``80k@8`` (a poly segmentation recipe alike), ``2@1``. Unknown where the record
@@ -161,12 +161,11 @@ def record_schedule(record: Mapping) -> str | None:
     gives it, at ``train.reference_batch``, or where that is 0 at the run's effective batch.
 
     Read from the trainer's batch plan where the record has one (``training.batch``:
-    ``given.max_iter``, ``reference``, ``batch``; :func:`fptbench.batch.plan_summary`), since the
-    record's config then holds max_iter as scaled to the run's batch. Without it (records from
-    before the plan): the config's ``train.max_iter`` at ``train.reference_batch`` if above 0 and
-    the run's batch is that (another batch would have scaled it), else (0, or absent: before the
-    key) at the run's batch, ``training.world_size`` x ``train.images_per_device`` x
-    ``train.accumulate`` (absent: 1). None where a number is missing.
+    ``given.max_iter``, ``reference``, ``batch``; :func:`fptbench.batch.plan_summary`). Without it
+    (an ``fptbench eval`` record, a record from before the plan): the config's ``train.max_iter``
+    (as given) at ``train.reference_batch`` if above 0, else (0, or absent: before the key) at the
+    run's batch, ``training.world_size`` x ``train.images_per_device`` x ``train.accumulate``
+    (absent: 1). None where a number is missing.
     """
     training = record.get("training") if isinstance(record, Mapping) else None
     training = training if isinstance(training, Mapping) else {}
@@ -181,12 +180,14 @@ def record_schedule(record: Mapping) -> str | None:
         return None
     iterations = _count(train.get("max_iter"))
     reference = _count(train.get("reference_batch", 0), low=0)
+    if iterations and reference:  # the config gives max_iter at its reference batch, whatever the run's
+        return schedule_name(iterations, reference)
     world, per_device = _count(training.get("world_size")), _count(train.get("images_per_device"))
     accumulate = _count(train.get("accumulate", 1), low=0)
     if accumulate == 0:  # as many micro-batches as reach the reference batch
         accumulate = reference // (world * per_device) if reference and world and per_device else None
     batch = world * per_device * accumulate if world and per_device and accumulate else None
-    if iterations is None or batch is None or reference not in (0, batch):
+    if iterations is None or batch is None:
         return None
     return schedule_name(iterations, batch)
 

@@ -1,5 +1,7 @@
 """The training stream: disjoint across ranks, a permutation per epoch, and resumable."""
 
+import pytest
+
 from fptbench.engine.sampler import TrainBatchSampler
 
 
@@ -113,3 +115,25 @@ def test_the_training_loader_batches_by_orientation(tmp_path):
     mixed = [next(it) for it in [iter(off)] for _ in range(6)]
     assert any(len({img.shape[1] > img.shape[2] for img in images}) == 2 for images, _ in mixed)
     assert isinstance(batches[0][0][0], torch.Tensor)
+
+
+def test_a_grouped_stream_is_part_of_what_a_resume_checks(tmp_path):
+    # A checkpoint says whether its stream was grouped: one from before grouping existed (or with
+    # it off) is refused by a grouped run instead of resuming on another stream; a square set's
+    # stream (one orientation) is the plain one and carries no mark.
+    from fptbench.config import load_config
+    from fptbench.engine.checkpoint import load_checkpoint
+    from fptbench.engine.trainer import train
+    from fptbench.errors import UsageError
+
+    _mixed_coco(tmp_path / "data")
+    overrides = [("data.root", str(tmp_path / "data")), ("data.num_workers", 0), ("train.images_per_device", 2),
+                 ("model.num_classes", 2), ("model.backbone_pretrain", ""), ("model.min_size", 64),
+                 ("model.max_size", 96), ("train.max_iter", 2), ("train.checkpoint_period", 1),
+                 ("train.eval_at_end", False), ("train.warmup_iters", 1), ("train.steps", [])]
+    train(load_config("synth_r18_bfp", overrides), tmp_path / "grouped", progress=False)
+    stream = load_checkpoint(tmp_path / "grouped" / "checkpoints" / "last.pth")["extra"]["stream"]
+    assert stream[-1] == "aspect_grouping"
+    plain = load_config("synth_r18_bfp", overrides + [("train.aspect_grouping", False), ("train.max_iter", 3)])
+    with pytest.raises(UsageError, match="cannot resume exactly: the checkpoint's data stream"):
+        train(plain, tmp_path / "grouped", resume=True, progress=False)

@@ -54,6 +54,12 @@ def test_names_follow_the_coco_upload_format():
     for bad in ({"alg": "my_alg"}, {"alg": ""}, {"image_set": "a_b"}, {"image_set": "x/y"}):
         with pytest.raises(ValueError, match="without '_'"):
             coco_results_name(**{"image_set": "val2017", "iou_type": "bbox", **bad})
+    # a split of one's own with '_' in its name (data.test: val_small) gets a name, not a crash
+    # after training (the record would be lost)
+    from fptbench.data.catalog import coco_split
+
+    assert coco_results_name(coco_split("val_small").image_set, "bbox") == "detections_val-small_fptbench-bbox_results.json"
+    assert coco_results_name(coco_split("coco2017_test-dev").image_set, "segm").startswith("detections_test-dev2017_")
 
 
 def test_files_score_as_the_evaluator(coco, tmp_path):
