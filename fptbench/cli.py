@@ -332,15 +332,6 @@ def _config_name(args: argparse.Namespace) -> str:
     return name
 
 
-def _world_size() -> int:
-    # What engine.distributed.init_distributed will see: torchrun's WORLD_SIZE, else an srun step's task count.
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return int(os.environ["WORLD_SIZE"])
-    if "SLURM_PROCID" in os.environ:
-        return max(1, int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")))
-    return 1
-
-
 def _seed_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     """The seed's flags as (key, value) overrides, applied after --set (the seed's flags, too,
     override its --set)."""
@@ -357,7 +348,9 @@ def _seed_overrides(args: argparse.Namespace) -> list[tuple[str, object]]:
     if args.command != "train":
         return out
     if args.seed_bs is not None:
-        world = _world_size()
+        from fptbench.engine.distributed import env_world_size
+
+        world = env_world_size()
         if args.seed_bs < 1 or args.seed_bs % world:
             raise UsageError(f"--bs {args.seed_bs}: the total batch must be a positive multiple of the "
                              f"{world} process(es) (WORLD_SIZE)")

@@ -135,11 +135,13 @@ def _slurm_env() -> dict[str, str] | None:
 
 def env_world_size() -> int:
     """How many processes this one trains with, from the environment alone (torchrun's WORLD_SIZE,
-    else an srun step's task count), before any process group exists: 1 for a single process."""
+    else an srun step's task count, as :func:`init_distributed` will read them), before any process
+    group exists: 1 for a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return int(os.environ["WORLD_SIZE"])
-    slurm = _slurm_env()
-    return int(slurm["WORLD_SIZE"]) if slurm is not None else 1
+    if "SLURM_PROCID" in os.environ:
+        return max(1, int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")))
+    return 1
 
 
 def init_distributed(cfg: Mapping) -> DistInfo:

@@ -179,7 +179,7 @@ def train(
                                     bf16_supported=info.device.type == "cuda" and torch.cuda.is_bf16_supported())
     if warning:
         log(f"warning: {warning}")
-    dataset, sampler = _train_data(cfg, info, plan.accumulate, log)
+    dataset, sampler = _train_data(cfg, info, plan.batch, log)
     state = _TrainState.create(model, cfg, info, dtype, plan.accumulate, grouped=sampler.groups is not None)
     if resume:
         _resume(state, output_dir, cfg, info, log)
@@ -453,17 +453,17 @@ def _wrap_ddp(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     )
 
 
-def _train_data(cfg: dict, info: DistInfo, accumulate: int,
+def _train_data(cfg: dict, info: DistInfo, batch: int,
                 log: Callable[[str], None]) -> tuple[Any, TrainBatchSampler]:
     """The dataset of ``data.train`` and its stream (TrainBatchSampler, a function of the
-    iteration): ``accumulate`` micro-batches per iteration, detection images grouped by
-    orientation (``train.aspect_grouping``). The sampler starts at 0; set its ``start_iter``
-    (micro-batches) to resume."""
+    iteration; ``batch``: images per optimizer step, for the epochs logged), detection images
+    grouped by orientation (``train.aspect_grouping``). The sampler counts micro-batches from
+    0; set its ``start_iter`` to resume."""
     from fptbench.data import build_dataset
 
     dataset = build_dataset(cfg, "train")
     skipped = ", ".join(f"{n} {why}" for why, n in sorted(dataset.skipped.items())) or "nothing"
-    images = cfg["train"]["max_iter"] * info.world_size * cfg["train"]["images_per_device"] * accumulate
+    images = cfg["train"]["max_iter"] * batch
     log(f"training on {cfg['data']['train']}: {len(dataset)} images; skipped {skipped}; {images:,} images seen "
         f"= {images / len(dataset):.2f} epochs")
     seeded = getattr(dataset, "seeded", False)  # items keyed (index, seed): they draw their own augmentation
@@ -501,14 +501,6 @@ def _loader(cfg: dict, info: DistInfo, dataset: Any, sampler: TrainBatchSampler)
         generator=torch.Generator().manual_seed(cfg["seed"]),
         pin_memory=info.device.type == "cuda",
     )
-
-
-def _train_loader(cfg: dict, info: DistInfo, start_iter: int, accumulate: int,
-                  log: Callable[[str], None]) -> DataLoader:
-    """The loader of ``data.train`` from iteration ``start_iter`` (:func:`_train_data`)."""
-    dataset, sampler = _train_data(cfg, info, accumulate, log)
-    sampler.start_iter = start_iter * accumulate
-    return _loader(cfg, info, dataset, sampler)
 
 
 def _tensorboard(output_dir: Path, start_iter: int):

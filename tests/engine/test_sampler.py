@@ -98,20 +98,21 @@ def test_the_training_loader_batches_by_orientation(tmp_path):
 
     from fptbench.config import load_config
     from fptbench.engine.distributed import DistInfo
-    from fptbench.engine.trainer import _train_loader
+    from fptbench.engine.trainer import _loader, _train_data
 
     _mixed_coco(tmp_path)
     overrides = [("data.root", str(tmp_path)), ("data.num_workers", 0), ("train.images_per_device", 2),
                  ("model.num_classes", 2)]
     logs = []
-    loader = _train_loader(load_config("synth_r18_bfp", overrides), DistInfo(), 0, 1, logs.append)
+    cfg = load_config("synth_r18_bfp", overrides)
+    loader = _loader(cfg, DistInfo(), *_train_data(cfg, DistInfo(), 2, logs.append))
     assert any("5 landscape (width >= height), 3 portrait images" in line for line in logs)
     batches = [next(it) for it in [iter(loader)] for _ in range(6)]
     shapes = [{img.shape[1] > img.shape[2] for img in images} for images, _ in batches]
     assert all(len(s) == 1 for s in shapes) and {True} in shapes and {False} in shapes
     # with grouping off, a batch mixes them (same seed, same stream otherwise)
-    off = _train_loader(load_config("synth_r18_bfp", overrides + [("train.aspect_grouping", False)]), DistInfo(), 0, 1,
-                        lambda _: None)
+    off_cfg = load_config("synth_r18_bfp", overrides + [("train.aspect_grouping", False)])
+    off = _loader(off_cfg, DistInfo(), *_train_data(off_cfg, DistInfo(), 2, lambda _: None))
     mixed = [next(it) for it in [iter(off)] for _ in range(6)]
     assert any(len({img.shape[1] > img.shape[2] for img in images}) == 2 for images, _ in mixed)
     assert isinstance(batches[0][0][0], torch.Tensor)

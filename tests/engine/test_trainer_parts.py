@@ -7,7 +7,7 @@ import torch
 from fptbench.config import load_config
 from fptbench.engine.model import set_train_sizes, weights_digest
 from fptbench.engine.distributed import DistInfo
-from fptbench.engine.trainer import _train_loader, _TrainState, autocast_dtype, effective_config
+from fptbench.engine.trainer import _loader, _train_data, _TrainState, autocast_dtype, effective_config
 from fptbench.modeling import build_model
 
 SMALL = [("model.backbone", "resnet18"), ("model.min_size", "96"), ("model.max_size", "160")]
@@ -91,5 +91,9 @@ def test_the_training_loader_pins_memory_on_cuda_only(tmp_path):
 
     write_synth(tmp_path, train=2, val=1, size=64, seed=0)
     cfg = load_config("synth_r18_bfp", [("data.root", str(tmp_path)), ("data.num_workers", 0)])
-    assert _train_loader(cfg, DistInfo(device=torch.device("cuda", 0)), 0, 1, lambda _: None).pin_memory is True
-    assert _train_loader(cfg, DistInfo(), 0, 1, lambda _: None).pin_memory is False
+
+    def loader(info):
+        return _loader(cfg, info, *_train_data(cfg, info, 1, lambda _: None))
+
+    assert loader(DistInfo(device=torch.device("cuda", 0))).pin_memory is True
+    assert loader(DistInfo()).pin_memory is False
