@@ -29,7 +29,9 @@ def write_matrix(folder: Path, cells: int) -> Path:
     """10 x 10 x (cells / 100) cells: a named axis, a config-key axis and seeds, on the CPU-sized
     config."""
     seeds = max(1, cells // 100)
-    lines = ["description: scale benchmark, not meant to run", "base: synth_r18_bfp", "axes:", "  variant:"]
+    # a fresh trunk: the cells are planned, never run, and need no pre-training data (sweep checks trunks first)
+    lines = ["description: scale benchmark, not meant to run", "base: synth_r18_bfp",
+             "set: {model.backbone_pretrain: ''}", "axes:", "  variant:"]
     for i in range(10):
         lines.append(f"    v{i}: {{train.base_lr: {0.001 * (i + 1):.3f}}}")
     lines.append(f"  train.max_iter: [{', '.join(str(100 + i) for i in range(10))}]")
